@@ -8,8 +8,13 @@
 //! # Layout
 //! - [`budget`]: the engine: budgets, entries, reservations and alerts in redb, with
 //!   one writer thread that commits concurrent changes together.
-//! - [`tracker`]: the `OnChainTracker`: per-session on-chain amounts not yet posted.
+//! - [`chain`]: the watcher: backfill, live following, reconnects, reorg repair.
+//! - [`tracker`]: the `OnChainTracker`: per-session on-chain spend not yet posted.
+//! - [`reconciler`]: posts confirmed spend from the tracker into the engine, with the
+//!   chain cursor in the same transaction.
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod chain;
+pub mod reconciler;
 pub mod tracker;

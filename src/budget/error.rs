@@ -35,6 +35,8 @@ pub enum ErrorKind {
     Storage,
     /// The database was written by an unknown schema version.
     Schema,
+    /// The chain does not fit this database (another chain id).
+    Chain,
 }
 
 /// An error from the budget engine.
@@ -90,6 +92,9 @@ pub enum Error {
     /// The database file is from an unknown schema version.
     #[error("{0}")]
     Schema(String),
+    /// The chain does not fit this database.
+    #[error("{0}")]
+    Chain(String),
 }
 
 impl Error {
@@ -109,6 +114,7 @@ impl Error {
             Error::Config(_) => ErrorKind::Config,
             Error::Storage(_) => ErrorKind::Storage,
             Error::Schema(_) => ErrorKind::Schema,
+            Error::Chain(_) => ErrorKind::Chain,
         }
     }
 

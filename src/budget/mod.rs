@@ -7,12 +7,14 @@
 //! - `state`: a budget in memory and the seed's rules over it.
 //! - `store`: the redb schema and encoding.
 //! - `writer`: the single writer thread with group commit.
+//! - [`onchain`]: chain sync's side: spends with the cursor in one write, reverts, bindings.
 //! - [`engine`]: the [`Engine`] handle and the [`Guard`] trait.
 
 pub mod amount;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod onchain;
 pub(crate) mod state;
 pub(crate) mod store;
 pub mod types;

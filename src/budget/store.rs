@@ -47,6 +47,25 @@ pub const EXPIRY_TO_RESERVATION: TableDefinition<(i64, &str), ()> =
 pub const TASK_THRESHOLD_TO_FIRED_AT: TableDefinition<(&str, u32), i64> =
     TableDefinition::new("task_threshold_to_fired_at");
 
+/// Chain sync's small values: `chain_id`, `cursor`.
+pub const CHAIN_META: TableDefinition<&str, &[u8]> = TableDefinition::new("chain_meta");
+/// Hashes of recently synced blocks, for finding the fork point of a reorg.
+pub const BLOCK_TO_HASH: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("block_to_hash");
+/// Every on-chain spend taken in, by (block, entry id) -> session: what a reorg reverts.
+pub const BLOCK_ENTRY_TO_SESSION: TableDefinition<(u64, &str), &str> =
+    TableDefinition::new("block_entry_to_session");
+/// Session (`account:sessionKey`) -> the task its spend goes to ([`BindingRecord`]).
+pub const SESSION_TO_BINDING: TableDefinition<&str, &[u8]> = TableDefinition::new("session_to_binding");
+/// Spend of sessions bound to no task yet, kept until one is bound ([`EntryRecord`]).
+pub const SESSION_ENTRY_TO_UNBOUND: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("session_entry_to_unbound");
+/// On-chain limits as each `LimitsUpdated` set them ([`LimitsRecord`]).
+pub const ACCOUNT_BLOCK_TO_LIMITS: TableDefinition<(&str, u64, u64), &[u8]> =
+    TableDefinition::new("account_block_to_limits");
+/// Confirmed on-chain total per session, bound or not (big-endian bytes).
+pub const SESSION_TO_ONCHAIN_TOTAL: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("session_to_onchain_total");
+
 /// The format byte in front of every encoded value.
 const FORMAT: u8 = 1;
 
@@ -174,6 +193,11 @@ impl EntryRecord {
         }
     }
 
+    /// The amount.
+    pub fn amount(&self) -> BigUint {
+        BigUint::from_bytes_be(&self.amount)
+    }
+
     /// The entry it describes.
     pub fn into_entry(self) -> SpendEntry {
         SpendEntry {
@@ -233,6 +257,13 @@ pub fn open(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
         txn.open_table(RESERVATION_ID_TO_HOLD)?;
         txn.open_table(EXPIRY_TO_RESERVATION)?;
         txn.open_table(TASK_THRESHOLD_TO_FIRED_AT)?;
+        txn.open_table(CHAIN_META)?;
+        txn.open_table(BLOCK_TO_HASH)?;
+        txn.open_table(BLOCK_ENTRY_TO_SESSION)?;
+        txn.open_table(SESSION_TO_BINDING)?;
+        txn.open_table(SESSION_ENTRY_TO_UNBOUND)?;
+        txn.open_table(ACCOUNT_BLOCK_TO_LIMITS)?;
+        txn.open_table(SESSION_TO_ONCHAIN_TOTAL)?;
     }
     txn.commit()?;
     Ok(db)
@@ -316,6 +347,20 @@ pub struct Tables<'txn> {
     pub expiries: Table<'txn, (i64, &'static str), ()>,
     /// See [`TASK_THRESHOLD_TO_FIRED_AT`].
     pub fired: Table<'txn, (&'static str, u32), i64>,
+    /// See [`CHAIN_META`].
+    pub chain_meta: Table<'txn, &'static str, &'static [u8]>,
+    /// See [`BLOCK_TO_HASH`].
+    pub block_hashes: Table<'txn, u64, &'static [u8; 32]>,
+    /// See [`BLOCK_ENTRY_TO_SESSION`].
+    pub block_entries: Table<'txn, (u64, &'static str), &'static str>,
+    /// See [`SESSION_TO_BINDING`].
+    pub bindings: Table<'txn, &'static str, &'static [u8]>,
+    /// See [`SESSION_ENTRY_TO_UNBOUND`].
+    pub unbound: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    /// See [`ACCOUNT_BLOCK_TO_LIMITS`].
+    pub limits: Table<'txn, (&'static str, u64, u64), &'static [u8]>,
+    /// See [`SESSION_TO_ONCHAIN_TOTAL`].
+    pub session_totals: Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -331,6 +376,13 @@ impl<'txn> Tables<'txn> {
             holds: txn.open_table(RESERVATION_ID_TO_HOLD)?,
             expiries: txn.open_table(EXPIRY_TO_RESERVATION)?,
             fired: txn.open_table(TASK_THRESHOLD_TO_FIRED_AT)?,
+            chain_meta: txn.open_table(CHAIN_META)?,
+            block_hashes: txn.open_table(BLOCK_TO_HASH)?,
+            block_entries: txn.open_table(BLOCK_ENTRY_TO_SESSION)?,
+            bindings: txn.open_table(SESSION_TO_BINDING)?,
+            unbound: txn.open_table(SESSION_ENTRY_TO_UNBOUND)?,
+            limits: txn.open_table(ACCOUNT_BLOCK_TO_LIMITS)?,
+            session_totals: txn.open_table(SESSION_TO_ONCHAIN_TOTAL)?,
         })
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::amount::Amount;
 use super::config::{Settings, ppm_to_fraction};
 use super::error::Error;
+use super::onchain::{ChainDone, ChainOp, ChainState};
 use super::state::{BudgetState, Hold, Millis, now_ms, to_datetime};
 use super::store::{self, EXPIRY_TO_RESERVATION, Tables};
 use super::types::{
@@ -45,6 +46,8 @@ pub struct Shared {
     pub on_alert: Option<AlertFn>,
     /// Notifications for subscribers.
     pub notify: broadcast::Sender<Notification>,
+    /// Committed chain-sync state (cursor, recent hashes, bindings, limits, totals).
+    pub chain: RwLock<ChainState>,
 }
 
 /// A change the writer applies.
@@ -72,6 +75,8 @@ pub enum Op {
     SetProgress { task_id: String, progress: f64 },
     /// Close a budget.
     Close { task_id: String },
+    /// Chain sync: commit spends with the cursor, revert, bind sessions.
+    Chain(ChainOp),
 }
 
 /// What an [`Op`] produced.
@@ -87,6 +92,8 @@ pub enum Done {
     Released(bool),
     /// A close report.
     Report(BudgetReport),
+    /// What a chain operation did.
+    Chain(ChainDone),
 }
 
 /// A message to the writer.
@@ -151,10 +158,18 @@ fn commit_batch(
 ) {
     let (results, replies): (Vec<_>, Vec<_>) = ops.into_iter().unzip();
     match apply_all(db, shared, results, sweep) {
-        Ok((results, overlay, events)) => {
+        Ok(Applied {
+            results,
+            budgets: overlay,
+            chain,
+            events,
+        }) => {
             {
                 let mut budgets = shared.budgets.write().unwrap_or_else(|p| p.into_inner());
                 budgets.extend(overlay);
+            }
+            if let Some(chain) = chain {
+                *shared.chain.write().unwrap_or_else(|p| p.into_inner()) = chain;
             }
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
@@ -176,11 +191,14 @@ fn commit_batch(
     }
 }
 
-type Applied = (
-    Vec<Result<Done, Error>>,
-    BTreeMap<String, BudgetState>,
-    Vec<Notification>,
-);
+/// A batch applied but not yet published: answers, touched budgets, the chain state
+/// if touched, and notifications.
+struct Applied {
+    results: Vec<Result<Done, Error>>,
+    budgets: BTreeMap<String, BudgetState>,
+    chain: Option<ChainState>,
+    events: Vec<Notification>,
+}
 
 fn apply_all(db: &Database, shared: &Shared, ops: Vec<Op>, sweep: bool) -> Result<Applied, Error> {
     let txn = store::begin_write(db)?;
@@ -188,6 +206,7 @@ fn apply_all(db: &Database, shared: &Shared, ops: Vec<Op>, sweep: bool) -> Resul
         let mut batch = Batch {
             tables: Tables::open(&txn)?,
             overlay: BTreeMap::new(),
+            chain: None,
             shared,
             now: now_ms(),
             events: Vec::new(),
@@ -202,7 +221,12 @@ fn apply_all(db: &Database, shared: &Shared, ops: Vec<Op>, sweep: bool) -> Resul
                 r => results.push(r),
             }
         }
-        (results, batch.overlay, batch.events)
+        Applied {
+            results,
+            budgets: batch.overlay,
+            chain: batch.chain,
+            events: batch.events,
+        }
     };
     txn.commit()?;
     Ok(applied)
@@ -210,22 +234,24 @@ fn apply_all(db: &Database, shared: &Shared, ops: Vec<Op>, sweep: bool) -> Resul
 
 /// One transaction's work in progress: the budgets it touched (copies of the committed
 /// state plus this batch's changes) and the notifications to send once it commits.
-struct Batch<'a, 'txn> {
-    tables: Tables<'txn>,
-    overlay: BTreeMap<String, BudgetState>,
-    shared: &'a Shared,
-    now: Millis,
-    events: Vec<Notification>,
+pub(super) struct Batch<'a, 'txn> {
+    pub(super) tables: Tables<'txn>,
+    pub(super) overlay: BTreeMap<String, BudgetState>,
+    /// The chain state as this batch changed it; `None` when untouched.
+    pub(super) chain: Option<ChainState>,
+    pub(super) shared: &'a Shared,
+    pub(super) now: Millis,
+    pub(super) events: Vec<Notification>,
 }
 
 impl Batch<'_, '_> {
-    fn exists(&self, task_id: &str) -> bool {
+    pub(super) fn exists(&self, task_id: &str) -> bool {
         self.overlay.contains_key(task_id) || read(self.shared).contains_key(task_id)
     }
 
     /// The budget as this batch sees it. Every op validates before it changes this, so
     /// a refused op leaves nothing behind.
-    fn budget(&mut self, task_id: &str) -> Result<&mut BudgetState, Error> {
+    pub(super) fn budget(&mut self, task_id: &str) -> Result<&mut BudgetState, Error> {
         if !self.overlay.contains_key(task_id) {
             let b = read(self.shared).get(task_id).cloned().ok_or(Error::NotFound)?;
             self.overlay.insert(task_id.to_owned(), b);
@@ -240,8 +266,13 @@ impl Batch<'_, '_> {
                 task_id,
                 entry,
                 reservation,
-            } => self.record(&task_id, entry, reservation, false),
-            Op::PostOnchain { task_id, entry } => self.record(&task_id, entry, None, true),
+            } => self
+                .record(&task_id, entry, reservation, false)
+                .map(Done::Recorded),
+            Op::PostOnchain { task_id, entry } => {
+                self.record(&task_id, entry, None, true).map(Done::Recorded)
+            }
+            Op::Chain(op) => self.apply_chain(op).map(Done::Chain),
             Op::Reserve { task_id, amount, ttl } => self.reserve(&task_id, amount, ttl),
             Op::Release { id } => self.release(&id),
             Op::SetProgress { task_id, progress } => {
@@ -261,7 +292,7 @@ impl Batch<'_, '_> {
         }
     }
 
-    fn allocate(&mut self, task_id: String, total: Option<BigUint>) -> Result<Done, Error> {
+    pub(super) fn allocate(&mut self, task_id: String, total: Option<BigUint>) -> Result<Done, Error> {
         validate_task_id(&task_id)?;
         let total =
             match total {
@@ -280,13 +311,13 @@ impl Batch<'_, '_> {
         Ok(Done::Budget(view))
     }
 
-    fn record(
+    pub(super) fn record(
         &mut self,
         task_id: &str,
         mut entry: SpendEntry,
         reservation: Option<String>,
         onchain: bool,
-    ) -> Result<Done, Error> {
+    ) -> Result<RecordOutcome, Error> {
         let now = self.now;
         if entry.id.is_empty() {
             entry.id = uuid::Uuid::new_v4().to_string();
@@ -302,12 +333,12 @@ impl Batch<'_, '_> {
             return match stored {
                 Some(stored) if seq_task == task_id && same_content(&stored, &entry) => {
                     let budget = self.budget(task_id)?.view(now);
-                    Ok(Done::Recorded(RecordOutcome {
+                    Ok(RecordOutcome {
                         entry: stored,
                         already_recorded: true,
                         alerts: Vec::new(),
                         budget,
-                    }))
+                    })
                 }
                 _ => Err(Error::Conflict { id: entry.id }),
             };
@@ -350,12 +381,12 @@ impl Batch<'_, '_> {
                 task_id: task_id.to_owned(),
             });
         }
-        Ok(Done::Recorded(RecordOutcome {
+        Ok(RecordOutcome {
             entry,
             already_recorded: false,
             alerts: fired.into_iter().map(ppm_to_fraction).collect(),
             budget: b.view(now),
-        }))
+        })
     }
 
     fn reserve(&mut self, task_id: &str, amount: BigUint, ttl: Option<Duration>) -> Result<Done, Error> {
@@ -428,7 +459,7 @@ impl Batch<'_, '_> {
     }
 }
 
-fn read(shared: &Shared) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, BudgetState>> {
+pub(super) fn read(shared: &Shared) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, BudgetState>> {
     shared.budgets.read().unwrap_or_else(|p| p.into_inner())
 }
 

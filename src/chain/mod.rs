@@ -1,0 +1,14 @@
+//! Following the SpendingHook on chain.
+//!
+//! - [`abi`]: the contract's events and views, bound from `abi/SpendingHook.json`.
+//! - [`config`]: `[chain]` settings and URL redaction.
+//! - [`ranges`]: adaptive `eth_getLogs` ranges and provider error classification.
+//! - [`watcher`]: backfill, live following, reconnects and reorg repair.
+
+pub mod abi;
+pub mod config;
+pub mod ranges;
+pub mod watcher;
+
+pub use config::{BindingConfig, ChainConfig, redact_url};
+pub use watcher::{SyncError, SyncStatus, Watcher};
