@@ -1,9 +1,6 @@
 //! Tests of the test harness itself: the anvil wrapper, the deployed hook, and the fault proxy.
 
-#[path = "common/anvil.rs"]
-mod anvil;
-#[path = "common/proxy.rs"]
-mod proxy;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +14,8 @@ use serde_json::{Value, json};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-use anvil::{Anvil, Hook};
-use proxy::{Faults, Outcome, Proxy, RangeStyle, RateStyle};
+use common::anvil::{Anvil, Hook};
+use common::proxy::{Faults, Outcome, Proxy, RangeStyle, RateStyle};
 
 const ACCOUNT: Address = address!("00000000000000000000000000000000000000aa");
 const SESSION: Address = address!("00000000000000000000000000000000000000bb");

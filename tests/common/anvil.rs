@@ -175,9 +175,12 @@ impl Anvil {
         }
     }
 
-    /// An HTTP provider with the recommended fillers (a fresh one: safe across restarts).
+    /// An HTTP provider (a fresh one: safe across restarts). No fillers: anvil signs for its
+    /// unlocked accounts and fills nonce and gas itself, which stays right across
+    /// `evm_revert` and `anvil_reorg` (a client-side nonce cache does not).
     pub async fn provider(&self) -> DynProvider {
         ProviderBuilder::new()
+            .disable_recommended_fillers()
             .connect_http(self.http_url().parse().expect("url"))
             .erased()
     }

@@ -1,6 +1,9 @@
 //! Fixtures shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod anvil;
+pub mod proxy;
+
 use std::path::PathBuf;
 
 use budgetd::budget::{Engine, EngineBuilder, EngineConfig};
