@@ -11,17 +11,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, U256, address};
+use budgetd::budget::Engine;
 use budgetd::budget::onchain::{session_id, u256_to_big};
-use budgetd::budget::{Engine, EngineConfig};
-use budgetd::chain::{ChainConfig, SyncError, SyncStatus, Watcher};
+use budgetd::chain::{ChainConfig, SyncError, Watcher};
 use budgetd::tracker::OnChainTracker;
 use common::TestDb;
 use common::anvil::{Anvil, Hook};
 use common::proxy::{Faults, Outcome, Proxy, RangeStyle};
+use common::sync::{Running, WAIT, chain_config, engine_config, wait_synced};
 use num_bigint::BigUint;
 use serde_json::json;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
 const ACCOUNTS: [Address; 3] = [
     address!("00000000000000000000000000000000000000a1"),
@@ -32,66 +31,6 @@ const SESSIONS: [Address; 2] = [
     address!("00000000000000000000000000000000000000b1"),
     address!("00000000000000000000000000000000000000b2"),
 ];
-const WAIT: Duration = Duration::from_secs(60);
-
-fn engine_config() -> EngineConfig {
-    EngineConfig {
-        default_max: Some("1000000000000".into()),
-        ..Default::default()
-    }
-}
-
-fn chain_config(url: &str, hook: Address) -> ChainConfig {
-    ChainConfig {
-        rpc_url: url.to_owned(),
-        hook_addresses: vec![hook],
-        poll_interval_ms: 50,
-        ..ChainConfig::default()
-    }
-}
-
-/// A watcher running in the background on its own engine handle.
-struct Running {
-    task: JoinHandle<Result<(), SyncError>>,
-    stop: Option<oneshot::Sender<()>>,
-    status: watch::Receiver<SyncStatus>,
-}
-
-impl Running {
-    async fn start(engine: &Engine, cfg: ChainConfig) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let watcher = Watcher::start(cfg, engine.clone(), OnChainTracker::new())
-            .await
-            .expect("watcher starts");
-        let status = watcher.status();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(watcher.run(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            task,
-            stop: Some(stop),
-            status,
-        }
-    }
-
-    async fn stop(mut self) -> SyncStatus {
-        let _ = self.stop.take().unwrap().send(());
-        self.task
-            .await
-            .unwrap()
-            .expect("watcher ran without a fatal error");
-        self.status.borrow().clone()
-    }
-
-    fn status(&self) -> SyncStatus {
-        self.status.borrow().clone()
-    }
-}
-
 /// Confirmed on-chain totals per session as budgetd has them.
 fn totals(engine: &Engine) -> BTreeMap<String, BigUint> {
     engine
@@ -113,35 +52,6 @@ async fn chain_totals(hook: &Hook) -> BTreeMap<String, BigUint> {
         }
     }
     out
-}
-
-/// Waits until the cursor is at the node's head (confirmations 0) with its hash.
-async fn wait_synced(engine: &Engine, anvil: &Anvil, confirmations: u64) {
-    let provider = anvil.provider().await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        use alloy::providers::Provider;
-        let head = provider.get_block_number().await.unwrap();
-        let target = head.saturating_sub(confirmations);
-        if let Some(c) = engine.chain_cursor()
-            && c.number == target
-        {
-            let block = provider
-                .get_block_by_number(target.into())
-                .await
-                .unwrap()
-                .unwrap();
-            if block.header.hash == c.hash {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not synced to {target} within {WAIT:?}: {:?}",
-            engine.chain_cursor()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The books equal the chain: per-session totals, each auto task's spent, and one
@@ -484,12 +394,18 @@ async fn rate_limits_and_slow_answers_are_retried() {
     let proxy = Proxy::start(&anvil.ws_url()).await;
     let db = TestDb::new();
     let engine = db.builder().config(engine_config()).open().unwrap();
+    // Two blocks a request: ~40 calls, so 30% rate limiting surely hits some.
+    let cfg = ChainConfig {
+        initial_range: 2,
+        max_range: 2,
+        ..chain_config(&proxy.url(), hook.address)
+    };
     proxy.set_faults(Faults {
         rate_limit: 0.3,
         delay: Duration::from_millis(5),
         ..Faults::default()
     });
-    let run = Running::start(&engine, chain_config(&proxy.url(), hook.address)).await;
+    let run = Running::start(&engine, cfg).await;
     wait_synced(&engine, &anvil, 0).await;
     let status = run.stop().await;
     assert_books_equal_chain(&engine, &hook, 20).await;
@@ -523,8 +439,14 @@ async fn unbound_spend_waits_for_a_binding_and_limits_are_kept() {
     let limits = engine.chain_limits();
     assert_eq!((limits.len(), limits[0].daily_limit), (1, U256::from(5000)));
 
+    engine.allocate("usdc-task", None).await.unwrap();
+    let err = engine.bind_session(a, s, "usdc-task", "").await.unwrap_err();
+    assert!(
+        err.to_string().contains("unit mismatch"),
+        "native spend only binds to wei budgets: {err}"
+    );
     engine
-        .allocate("agent-7", Some(BigUint::from(10_000u32)))
+        .allocate_in("agent-7", Some(BigUint::from(10_000u32)), Some("wei"))
         .await
         .unwrap();
     assert_eq!(

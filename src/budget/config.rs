@@ -1,5 +1,6 @@
 //! Engine configuration: the seed's three keys plus the reservation expiry.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use num_bigint::BigUint;
@@ -10,6 +11,10 @@ use super::error::Error;
 
 /// Decimals of the default unit, USDC.
 pub const USDC_DECIMALS: u32 = 6;
+/// The default unit of a budget.
+pub const USDC: &str = "usdc";
+/// The chain's native unit, as the SpendingHook counts it.
+pub const WEI: &str = "wei";
 
 /// Engine settings as written in config (`[budget]`), before validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +28,10 @@ pub struct EngineConfig {
     pub hard_limit: bool,
     /// Seconds after which a reservation expires by itself; 0 = never.
     pub reservation_ttl_secs: u64,
+    /// Unit of a budget allocated without one.
+    pub default_unit: String,
+    /// Token units besides `usdc` (6) and `wei` (18): symbol -> decimals.
+    pub units: BTreeMap<String, u32>,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +41,8 @@ impl Default for EngineConfig {
             alert_thresholds: vec![0.5, 0.8, 0.95],
             hard_limit: true,
             reservation_ttl_secs: 15 * 60,
+            default_unit: USDC.into(),
+            units: BTreeMap::new(),
         }
     }
 }
@@ -39,8 +50,14 @@ impl Default for EngineConfig {
 /// Validated settings the engine runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Default allocation in base units.
+    /// Default allocation in USDC base units (the seed's reading of `default_max`).
     pub default_max: Option<BigUint>,
+    /// `default_max` as written, a decimal in whatever unit a budget has.
+    pub default_max_decimal: Option<String>,
+    /// Known units: symbol -> decimals.
+    pub units: BTreeMap<String, u32>,
+    /// Unit of a budget allocated without one.
+    pub default_unit: String,
     /// Thresholds in parts per million, ascending, deduplicated. Integers so that
     /// `spent / total >= threshold` is decided exactly.
     pub thresholds_ppm: Vec<u32>,
@@ -81,13 +98,61 @@ impl EngineConfig {
         }
         thresholds_ppm.sort_unstable();
         thresholds_ppm.dedup();
+        let mut units = BTreeMap::from([(USDC.to_owned(), USDC_DECIMALS), (WEI.to_owned(), 18)]);
+        for (symbol, &decimals) in &self.units {
+            if symbol.is_empty() || symbol.len() > 32 || decimals > 77 {
+                return Err(Error::Config(format!(
+                    "budget.units.{symbol}: a unit needs a symbol of 1-32 characters and at most 77 decimals"
+                )));
+            }
+            units.insert(symbol.to_lowercase(), decimals);
+        }
+        if !units.contains_key(&self.default_unit) {
+            return Err(Error::Config(format!(
+                "budget.default_unit: unknown unit `{}` (known: {})",
+                self.default_unit,
+                units.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
         Ok(Settings {
+            default_max_decimal: self.default_max.clone(),
+            units,
+            default_unit: self.default_unit.clone(),
             default_max,
             thresholds_ppm,
             hard_limit: self.hard_limit,
             reservation_ttl: (self.reservation_ttl_secs > 0)
                 .then(|| Duration::from_secs(self.reservation_ttl_secs)),
         })
+    }
+}
+
+impl Settings {
+    /// Decimals of a known unit.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUnit`] naming the known units.
+    pub fn decimals(&self, unit: &str) -> Result<u32, Error> {
+        self.units.get(unit).copied().ok_or_else(|| {
+            Error::InvalidUnit(format!(
+                "unknown unit `{unit}` (known: {})",
+                self.units.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// `default_max` in base units of `unit`.
+    ///
+    /// # Errors
+    /// An unknown unit, or a default with more decimals than the unit has.
+    pub fn default_max_in(&self, unit: &str) -> Result<Option<BigUint>, Error> {
+        let decimals = self.decimals(unit)?;
+        match &self.default_max_decimal {
+            None => Ok(None),
+            Some(d) => parse_decimal(d, decimals)
+                .map(Some)
+                .map_err(|e| Error::Config(format!("budget.default_max in {unit}: {e}"))),
+        }
     }
 }
 

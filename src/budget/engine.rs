@@ -193,7 +193,7 @@ impl Engine {
             .tx
             .as_ref()
             .ok_or_else(stopped)?
-            .send(Msg::Op(op, reply))
+            .send(Msg::Op(Box::new(op), reply))
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
@@ -208,25 +208,55 @@ impl Engine {
         budgets.get(task_id).map(f).ok_or(Error::NotFound)
     }
 
-    /// Creates a budget. A missing or zero total takes `default_max`.
+    /// Creates a budget in the default unit. A missing or zero total takes
+    /// `default_max`.
     ///
     /// # Errors
     /// `invalid amount` when no total is given and no default is configured,
     /// `budget already exists`, an invalid task id, or a storage error.
     pub async fn allocate(&self, task_id: &str, total: Option<BigUint>) -> Result<TaskBudget, Error> {
+        self.allocate_in(task_id, total, None).await
+    }
+
+    /// Creates a budget in `unit` (`usdc`, `wei`, or a configured token), fixed for
+    /// its life. A missing or zero total takes `default_max`, read in that unit.
+    ///
+    /// # Errors
+    /// As [`Engine::allocate`], and an unknown unit.
+    pub async fn allocate_in(
+        &self,
+        task_id: &str,
+        total: Option<BigUint>,
+        unit: Option<&str>,
+    ) -> Result<TaskBudget, Error> {
         if let Some(t) = &total {
             super::amount::Amount::checked(t.clone())?;
         }
-        match self
-            .call(Op::Allocate {
-                task_id: task_id.to_owned(),
-                total,
-            })
-            .await?
-        {
+        let op = Op::Allocate {
+            task_id: task_id.to_owned(),
+            total,
+            unit: unit.map(str::to_lowercase),
+        };
+        match self.call(op).await? {
             Done::Budget(b) => Ok(b),
             other => unreachable!("allocate answered {other:?}"),
         }
+    }
+
+    /// Refuses an amount given in another unit than the task's budget.
+    ///
+    /// # Errors
+    /// `budget not found`, or a unit mismatch.
+    pub fn require_unit(&self, task_id: &str, unit: &str) -> Result<(), Error> {
+        let budget_unit = self.with_budget(task_id, |b| b.unit.clone())?;
+        if !unit.eq_ignore_ascii_case(&budget_unit) {
+            return Err(Error::UnitMismatch {
+                task: task_id.to_owned(),
+                given: unit.to_owned(),
+                budget: budget_unit,
+            });
+        }
+        Ok(())
     }
 
     /// Whether `amount` may be spent: positive, budget open and not exhausted, within
@@ -267,7 +297,7 @@ impl Engine {
             })
             .await?
         {
-            Done::Recorded(r) => Ok(r),
+            Done::Recorded(r) => Ok(*r),
             other => unreachable!("record answered {other:?}"),
         }
     }
@@ -286,7 +316,7 @@ impl Engine {
             })
             .await?
         {
-            Done::Recorded(r) => Ok(r),
+            Done::Recorded(r) => Ok(*r),
             other => unreachable!("post answered {other:?}"),
         }
     }
@@ -467,12 +497,29 @@ impl Engine {
         f(&self.inner.shared.chain.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Remembers the chain id on first use; refuses another chain later.
+    /// Remembers the chain id and the unit on-chain spends are posted in on first use;
+    /// refuses another chain or unit later.
     ///
     /// # Errors
     /// [`Error::Chain`] when the database follows another chain; a storage error.
-    pub async fn chain_init(&self, chain_id: u64) -> Result<(), Error> {
-        self.chain_call(ChainOp::Init { chain_id }).await.map(drop)
+    pub async fn chain_init(&self, chain_id: u64, unit: &str) -> Result<(), Error> {
+        let settings = &self.inner.shared.settings;
+        settings.decimals(unit)?;
+        let unit = unit.to_owned();
+        self.chain_call(ChainOp::Init { chain_id, unit }).await.map(drop)
+    }
+
+    /// Spends held back because their valuation failed, in chain order.
+    pub fn held_spends(&self) -> Vec<onchain::HeldSpend> {
+        self.chain_state(|c| c.held.values().cloned().collect())
+    }
+
+    /// Decimals of a unit.
+    ///
+    /// # Errors
+    /// An unknown unit.
+    pub fn unit_decimals(&self, unit: &str) -> Result<u32, Error> {
+        self.inner.shared.settings.decimals(unit)
     }
 
     /// Posts confirmed spends and limits and moves the cursor, in one transaction.

@@ -37,6 +37,8 @@ pub enum ErrorKind {
     Schema,
     /// The chain does not fit this database (another chain id).
     Chain,
+    /// An unknown unit, or an amount in another unit than the budget's.
+    Unit,
 }
 
 /// An error from the budget engine.
@@ -95,6 +97,19 @@ pub enum Error {
     /// The chain does not fit this database.
     #[error("{0}")]
     Chain(String),
+    /// A unit nobody configured.
+    #[error("invalid unit: {0}")]
+    InvalidUnit(String),
+    /// An amount in another unit than the budget's: never mixed.
+    #[error("unit mismatch: amount in {given} but budget {task} is in {budget}")]
+    UnitMismatch {
+        /// The task.
+        task: String,
+        /// The unit given.
+        given: String,
+        /// The budget's unit.
+        budget: String,
+    },
 }
 
 impl Error {
@@ -115,6 +130,7 @@ impl Error {
             Error::Storage(_) => ErrorKind::Storage,
             Error::Schema(_) => ErrorKind::Schema,
             Error::Chain(_) => ErrorKind::Chain,
+            Error::InvalidUnit(_) | Error::UnitMismatch { .. } => ErrorKind::Unit,
         }
     }
 

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::error::Error;
 use super::state::to_datetime;
 use super::store::{
-    ACCOUNT_BLOCK_TO_LIMITS, BLOCK_TO_HASH, CHAIN_META, Codec, EntryRecord, SESSION_ENTRY_TO_UNBOUND,
-    SESSION_TO_BINDING, SESSION_TO_ONCHAIN_TOTAL,
+    ACCOUNT_BLOCK_TO_LIMITS, BLOCK_ENTRY_TO_HELD, BLOCK_TO_HASH, CHAIN_META, Codec, EntryRecord, JsonCodec,
+    SESSION_ENTRY_TO_UNBOUND, SESSION_TO_BINDING, SESSION_TO_ONCHAIN_TOTAL,
 };
-use super::types::SpendEntry;
+use super::types::{Evidence, SpendEntry};
 use super::writer::Batch;
 
 /// The `toolName` of entries posted from the chain.
@@ -33,7 +33,7 @@ pub struct Cursor {
 }
 
 /// One confirmed `SpendRecorded` log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainSpend {
     /// Block number.
     pub block: u64,
@@ -64,10 +64,12 @@ impl ChainSpend {
         format!("{chain_id}:{:#x}:{}", self.tx_hash, self.log_index)
     }
 
-    fn entry(&self, chain_id: u64, peer_did: &str) -> SpendEntry {
+    fn entry(&self, chain_id: u64, peer_did: &str, valued: &Valued) -> SpendEntry {
         SpendEntry {
             id: self.entry_id(chain_id),
-            amount: super::Amount(u256_to_big(self.amount)),
+            amount: super::Amount(valued.amount.clone()),
+            unit: None,
+            evidence: Some(valued.evidence.clone()),
             peer_did: peer_did.to_owned(),
             tool_name: TOOL_NAME.to_owned(),
             reason: format!("SpendRecorded in tx {:#x} at block {}", self.tx_hash, self.block),
@@ -96,7 +98,7 @@ pub struct ChainLimits {
     /// Log index within the block.
     pub log_index: u64,
 }
-impl Codec for ChainLimits {}
+impl JsonCodec for ChainLimits {}
 
 /// Where a session's spend goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,19 +111,40 @@ pub struct Binding {
 }
 impl Codec for Binding {}
 
+/// A spend's amount in the budgets' unit, and how it was reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Valued {
+    /// Amount in the chain unit of the budgets.
+    pub amount: BigUint,
+    /// Raw amount, rate or price.
+    pub evidence: Evidence,
+}
+
+/// A spend whose valuation failed: kept in the store and retried, never guessed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldSpend {
+    /// The spend.
+    pub spend: ChainSpend,
+    /// Why it could not be valued.
+    pub reason: String,
+}
+impl JsonCodec for HeldSpend {}
+
 /// Confirmed spends and limits up to a block, committed with the cursor.
 #[derive(Debug, Clone)]
 pub struct ChainCommit {
     /// The chain they come from.
     pub chain_id: u64,
-    /// Spends, in chain order.
-    pub spends: Vec<ChainSpend>,
+    /// Valued spends to post, in chain order (some may be held spends released).
+    pub spends: Vec<(ChainSpend, Valued)>,
+    /// Spends whose valuation failed, kept until it succeeds.
+    pub held: Vec<HeldSpend>,
     /// Limit changes, in chain order.
     pub limits: Vec<ChainLimits>,
     /// Hashes of blocks synced (at least the cursor's), for reorg detection.
     pub hashes: Vec<(u64, B256)>,
-    /// The new cursor.
-    pub cursor: Cursor,
+    /// The new cursor; `None` leaves it (releasing held spends).
+    pub cursor: Option<Cursor>,
     /// Give an unbound session a budget of its own (task id = session id).
     pub auto_allocate: bool,
     /// How many blocks of hashes to keep below the cursor.
@@ -137,6 +160,10 @@ pub struct CommitOutcome {
     pub unbound: u64,
     /// Spends taken in before (a replay): nothing changed.
     pub duplicates: u64,
+    /// Spends held back because their valuation failed.
+    pub held: u64,
+    /// Held spends valued and posted now.
+    pub released: u64,
     /// Tasks auto-allocated.
     pub allocated: Vec<String>,
 }
@@ -153,10 +180,13 @@ pub struct RevertOutcome {
 /// Chain operations of the writer.
 #[derive(Debug)]
 pub enum ChainOp {
-    /// Remember the chain id, or refuse another one.
+    /// Remember the chain id and the unit chain spends are posted in, or refuse
+    /// others.
     Init {
         /// The node's chain id.
         chain_id: u64,
+        /// The unit of budgets that take on-chain spend.
+        unit: String,
     },
     /// Post confirmed spends and move the cursor.
     Commit(ChainCommit),
@@ -201,6 +231,10 @@ pub enum ChainDone {
 pub struct ChainState {
     /// The chain this database follows.
     pub chain_id: Option<u64>,
+    /// The unit on-chain spends are posted in.
+    pub unit: Option<String>,
+    /// Spends held back, by (block, entry id).
+    pub held: BTreeMap<(u64, String), HeldSpend>,
     /// Last fully posted block.
     pub cursor: Option<Cursor>,
     /// Recent block hashes.
@@ -246,6 +280,15 @@ pub fn load_chain(db: &Database) -> Result<ChainState, Error> {
             .try_into()
             .map_err(|_| Error::Storage("bad chain_id".into()))?;
         st.chain_id = Some(u64::from_be_bytes(bytes));
+    }
+    if let Some(v) = meta.get("unit")? {
+        st.unit = Some(String::from_utf8_lossy(v.value()).into_owned());
+    }
+    for row in read.open_table(BLOCK_ENTRY_TO_HELD)?.iter()? {
+        let (k, v) = row?;
+        let (block, id) = k.value();
+        st.held
+            .insert((block, id.to_owned()), HeldSpend::decode(v.value())?);
     }
     if let Some(v) = meta.get("cursor")? {
         let c = CursorRecord::decode(v.value())?;
@@ -295,22 +338,32 @@ impl Batch<'_, '_> {
 
     pub(super) fn apply_chain(&mut self, op: ChainOp) -> Result<ChainDone, Error> {
         match op {
-            ChainOp::Init { chain_id } => {
-                match self.chain_mut().chain_id {
-                    Some(known) if known != chain_id => {
-                        return Err(Error::Chain(format!(
-                            "this database follows chain {known}, but the node is chain {chain_id}: \
-                             point budgetd at a chain-{known} node or use another data directory"
-                        )));
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.tables
-                            .chain_meta
-                            .insert("chain_id", chain_id.to_be_bytes().as_slice())?;
-                        self.chain_mut().chain_id = Some(chain_id);
-                    }
+            ChainOp::Init { chain_id, unit } => {
+                let known = (self.chain_mut().chain_id, self.chain_mut().unit.clone());
+                if let Some(known) = known.0
+                    && known != chain_id
+                {
+                    return Err(Error::Chain(format!(
+                        "this database follows chain {known}, but the node is chain {chain_id}: \
+                         point budgetd at a chain-{known} node or use another data directory"
+                    )));
                 }
+                if let Some(known) = known.1
+                    && known != unit
+                {
+                    return Err(Error::Chain(format!(
+                        "this database posts on-chain spends into {known} budgets, but the valuation \
+                         now yields {unit}: amounts would be mixed; keep chain.valuation or use \
+                         another data directory"
+                    )));
+                }
+                self.tables
+                    .chain_meta
+                    .insert("chain_id", chain_id.to_be_bytes().as_slice())?;
+                self.tables.chain_meta.insert("unit", unit.as_bytes())?;
+                let chain = self.chain_mut();
+                chain.chain_id = Some(chain_id);
+                chain.unit = Some(unit);
                 Ok(ChainDone::Init)
             }
             ChainOp::Commit(c) => self.commit(c).map(ChainDone::Committed),
@@ -332,14 +385,29 @@ impl Batch<'_, '_> {
             )));
         }
         let mut out = CommitOutcome::default();
-        for spend in &c.spends {
+        let unit = self.chain_mut().unit.clone();
+        for h in &c.held {
+            let id = h.spend.entry_id(c.chain_id);
+            let key = (h.spend.block, id.as_str());
+            if self.tables.block_entries.get(key)?.is_some() {
+                out.duplicates += 1;
+                continue;
+            }
+            let session = h.spend.session();
+            self.tables.held.insert(key, h.encode().as_slice())?;
+            self.tables.block_entries.insert(key, session.as_str())?;
+            self.add_total(&session, &u256_to_big(h.spend.amount), true)?;
+            self.chain_mut().held.insert((h.spend.block, id), h.clone());
+            out.held += 1;
+        }
+        for (spend, valued) in &c.spends {
             let id = spend.entry_id(c.chain_id);
-            if self
-                .tables
-                .block_entries
-                .get((spend.block, id.as_str()))?
-                .is_some()
-            {
+            let key = (spend.block, id.as_str());
+            let was_held = self.tables.held.remove(key)?.is_some();
+            if was_held {
+                self.chain_mut().held.remove(&(spend.block, id.clone()));
+                out.released += 1;
+            } else if self.tables.block_entries.get(key)?.is_some() {
                 out.duplicates += 1;
                 continue;
             }
@@ -352,7 +420,7 @@ impl Batch<'_, '_> {
                         peer_did: String::new(),
                     };
                     if !self.exists(&session) {
-                        self.allocate(session.clone(), None)?;
+                        self.allocate(session.clone(), None, unit.clone())?;
                         out.allocated.push(session.clone());
                     }
                     self.tables
@@ -363,8 +431,7 @@ impl Batch<'_, '_> {
                 }
                 None => None,
             };
-            let entry = spend.entry(c.chain_id, binding.as_ref().map_or("", |b| &b.peer_did));
-            let amount = entry.amount.0.clone();
+            let entry = spend.entry(c.chain_id, binding.as_ref().map_or("", |b| &b.peer_did), valued);
             match binding {
                 Some(b) => {
                     self.record(&b.task_id, entry, None, true)?;
@@ -376,14 +443,15 @@ impl Batch<'_, '_> {
                     self.tables
                         .unbound
                         .insert((session.as_str(), id.as_str()), row.as_slice())?;
-                    *self.chain_mut().unbound.entry(session.clone()).or_default() += &amount;
+                    *self.chain_mut().unbound.entry(session.clone()).or_default() += &valued.amount;
                     out.unbound += 1;
                 }
             }
-            self.tables
-                .block_entries
-                .insert((spend.block, id.as_str()), session.as_str())?;
-            self.add_total(&session, &amount, true)?;
+            if !was_held {
+                // Totals count what the contract counted (raw), held or posted.
+                self.tables.block_entries.insert(key, session.as_str())?;
+                self.add_total(&session, &u256_to_big(spend.amount), true)?;
+            }
         }
         for l in c.limits {
             let account = format!("{:#x}", l.account);
@@ -402,18 +470,20 @@ impl Batch<'_, '_> {
         for (n, h) in c
             .hashes
             .iter()
-            .chain(std::iter::once(&(c.cursor.number, c.cursor.hash)))
+            .chain(c.cursor.as_ref().map(|c| (c.number, c.hash)).as_ref())
         {
             self.tables.block_hashes.insert(*n, &h.0)?;
             self.chain_mut().hashes.insert(*n, *h);
         }
-        let floor = c.cursor.number.saturating_sub(c.keep_hashes);
-        let old: Vec<u64> = self.chain_mut().hashes.range(..floor).map(|(n, _)| *n).collect();
-        for n in old {
-            self.tables.block_hashes.remove(n)?;
-            self.chain_mut().hashes.remove(&n);
+        if let Some(cursor) = c.cursor {
+            let floor = cursor.number.saturating_sub(c.keep_hashes);
+            let old: Vec<u64> = self.chain_mut().hashes.range(..floor).map(|(n, _)| *n).collect();
+            for n in old {
+                self.tables.block_hashes.remove(n)?;
+                self.chain_mut().hashes.remove(&n);
+            }
+            self.set_cursor(Some(cursor))?;
         }
-        self.set_cursor(Some(c.cursor))?;
         Ok(out)
     }
 
@@ -457,14 +527,17 @@ impl Batch<'_, '_> {
         }
         for (block, id, session) in lost {
             self.tables.block_entries.remove((block, id.as_str()))?;
-            let amount = if let Some((task, seq)) = self.tables.entry_location(&id)? {
+            let amount = if let Some(h) = self.remove_held(block, &id)? {
+                out.unbound += 1;
+                u256_to_big(h.spend.amount)
+            } else if let Some((task, seq)) = self.tables.entry_location(&id)? {
                 out.entries += 1;
                 self.revert_entry(&task, seq, &id)?
-            } else if let Some(amount) = self.remove_unbound(&session, &id)? {
+            } else if let Some(rec) = self.remove_unbound(&session, &id)? {
                 out.unbound += 1;
                 let waiting = self.chain_mut().unbound.entry(session.clone()).or_default();
-                *waiting -= amount.clone().min(waiting.clone());
-                amount
+                *waiting -= rec.amount().min(waiting.clone());
+                rec.raw_amount()
             } else {
                 continue;
             };
@@ -503,33 +576,53 @@ impl Batch<'_, '_> {
         Ok(out)
     }
 
-    fn remove_unbound(&mut self, session: &str, id: &str) -> Result<Option<BigUint>, Error> {
+    fn remove_held(&mut self, block: u64, id: &str) -> Result<Option<HeldSpend>, Error> {
+        let held = match self.tables.held.remove((block, id))? {
+            Some(v) => HeldSpend::decode(v.value())?,
+            None => return Ok(None),
+        };
+        self.chain_mut().held.remove(&(block, id.to_owned()));
+        Ok(Some(held))
+    }
+
+    fn remove_unbound(&mut self, session: &str, id: &str) -> Result<Option<EntryRecord>, Error> {
         match self.tables.unbound.remove((session, id))? {
-            Some(v) => Ok(Some(EntryRecord::decode(v.value())?.amount())),
+            Some(v) => Ok(Some(EntryRecord::decode(v.value())?)),
             None => Ok(None),
         }
     }
 
     /// Takes one entry out of its budget: it was a fact of a chain that no longer is.
-    /// The status stays as it was (an exhausted budget does not come back).
+    /// The status stays as it was (an exhausted budget does not come back). Returns
+    /// the raw amount the chain had counted.
     fn revert_entry(&mut self, task: &str, seq: u64, id: &str) -> Result<BigUint, Error> {
-        let amount = match self.tables.entries.remove((task, seq))? {
-            Some(v) => EntryRecord::decode(v.value())?.amount(),
+        let rec = match self.tables.entries.remove((task, seq))? {
+            Some(v) => EntryRecord::decode(v.value())?,
             None => return Err(Error::Storage(format!("entry {id} indexed but missing"))),
         };
         self.tables.entry_ids.remove(id)?;
-        let now = self.now;
+        let (amount, now) = (rec.amount(), self.now);
         let b = self.budget(task)?;
         b.spent -= amount.clone().min(b.spent.clone());
         b.entry_count = b.entry_count.saturating_sub(1);
         b.updated_ms = now;
         let b = b.clone();
         self.tables.put_budget(&b)?;
-        Ok(amount)
+        Ok(rec.raw_amount())
     }
 
     fn bind(&mut self, session: String, binding: Binding) -> Result<u64, Error> {
-        self.budget(&binding.task_id)?;
+        let chain_unit = self.chain_mut().unit.clone();
+        let b = self.budget(&binding.task_id)?;
+        if let Some(unit) = chain_unit
+            && unit != b.unit
+        {
+            return Err(Error::UnitMismatch {
+                task: binding.task_id.clone(),
+                given: unit,
+                budget: b.unit.clone(),
+            });
+        }
         self.tables
             .bindings
             .insert(session.as_str(), binding.encode().as_slice())?;

@@ -52,6 +52,8 @@ pub struct BudgetState {
     pub task_id: String,
     /// The allocation.
     pub total: BigUint,
+    /// Unit of every amount of the budget.
+    pub unit: String,
     /// Sum of the entries.
     pub spent: BigUint,
     /// Lifecycle state.
@@ -74,10 +76,11 @@ pub struct BudgetState {
 
 impl BudgetState {
     /// A fresh active budget.
-    pub fn new(task_id: String, total: BigUint, now: Millis) -> Self {
+    pub fn new(task_id: String, total: BigUint, unit: String, now: Millis) -> Self {
         Self {
             task_id,
             total,
+            unit,
             spent: BigUint::ZERO,
             status: BudgetStatus::Active,
             progress: 0.0,
@@ -216,6 +219,7 @@ impl BudgetState {
         TaskBudget {
             task_id: self.task_id.clone(),
             total_budget: Amount(self.total.clone()),
+            unit: self.unit.clone(),
             spent: Amount(self.spent.clone()),
             reserved: Amount(self.reserved(now)),
             remaining: SignedAmount(self.remaining(now)),
@@ -244,7 +248,7 @@ mod tests {
     const T: &[u32] = &[500_000, 800_000, 950_000];
 
     fn budget(total: u32) -> BudgetState {
-        BudgetState::new("t".into(), BigUint::from(total), 0)
+        BudgetState::new("t".into(), BigUint::from(total), "usdc".into(), 0)
     }
 
     #[test]

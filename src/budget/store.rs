@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use super::amount::Amount;
 use super::error::Error;
 use super::state::{BudgetState, Hold, Millis, to_datetime};
-use super::types::{BudgetStatus, SpendEntry};
+use super::types::{BudgetStatus, Evidence, SpendEntry};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Small values by name: `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -54,6 +54,9 @@ pub const BLOCK_TO_HASH: TableDefinition<u64, &[u8; 32]> = TableDefinition::new(
 /// Every on-chain spend taken in, by (block, entry id) -> session: what a reorg reverts.
 pub const BLOCK_ENTRY_TO_SESSION: TableDefinition<(u64, &str), &str> =
     TableDefinition::new("block_entry_to_session");
+/// Spends whose valuation failed, kept until it succeeds ([`HeldSpend`](super::onchain::HeldSpend)).
+pub const BLOCK_ENTRY_TO_HELD: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("block_entry_to_held");
 /// Session (`account:sessionKey`) -> the task its spend goes to ([`BindingRecord`]).
 pub const SESSION_TO_BINDING: TableDefinition<&str, &[u8]> = TableDefinition::new("session_to_binding");
 /// Spend of sessions bound to no task yet, kept until one is bound ([`EntryRecord`]).
@@ -66,8 +69,10 @@ pub const ACCOUNT_BLOCK_TO_LIMITS: TableDefinition<(&str, u64, u64), &[u8]> =
 pub const SESSION_TO_ONCHAIN_TOTAL: TableDefinition<&str, &[u8]> =
     TableDefinition::new("session_to_onchain_total");
 
-/// The format byte in front of every encoded value.
+/// The format byte in front of every postcard value.
 const FORMAT: u8 = 1;
+/// The format byte in front of every JSON value.
+const FORMAT_JSON: u8 = 2;
 
 /// Versioned postcard encoding for stored values.
 pub trait Codec: Serialize + DeserializeOwned {
@@ -92,10 +97,85 @@ pub trait Codec: Serialize + DeserializeOwned {
     }
 }
 
+/// JSON encoding for rare values whose types only serialize self-describingly (alloy
+/// primitives, optional fields): limits and held spends.
+pub trait JsonCodec: Serialize + DeserializeOwned {
+    /// Format byte, then JSON.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT_JSON];
+        out.extend(serde_json::to_vec(self).expect("plain structs encode as JSON"));
+        out
+    }
+
+    /// The inverse of [`JsonCodec::encode`].
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for an unknown format byte or a corrupt value.
+    fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        match bytes.split_first() {
+            Some((&FORMAT_JSON, rest)) => {
+                serde_json::from_slice(rest).map_err(|e| Error::Storage(e.to_string()))
+            }
+            Some((f, _)) => Err(Error::Storage(format!("unknown value format {f}"))),
+            None => Err(Error::Storage("empty value".into())),
+        }
+    }
+}
+
+/// Evidence as stored (plain fields: postcard is not self-describing).
+#[derive(Debug, Serialize, Deserialize)]
+struct EvidenceRecord {
+    raw_amount: Vec<u8>,
+    raw_unit: String,
+    valuation: String,
+    rate: Option<String>,
+    feed: Option<String>,
+    price: Option<String>,
+    price_decimals: Option<u32>,
+    round_id: Option<String>,
+    price_updated_at: Option<u64>,
+    price_block: Option<u64>,
+}
+
+impl From<&Evidence> for EvidenceRecord {
+    fn from(e: &Evidence) -> Self {
+        Self {
+            raw_amount: e.raw_amount.0.to_bytes_be(),
+            raw_unit: e.raw_unit.clone(),
+            valuation: e.valuation.clone(),
+            rate: e.rate.clone(),
+            feed: e.feed.clone(),
+            price: e.price.clone(),
+            price_decimals: e.price_decimals,
+            round_id: e.round_id.clone(),
+            price_updated_at: e.price_updated_at,
+            price_block: e.price_block,
+        }
+    }
+}
+
+impl From<EvidenceRecord> for Evidence {
+    fn from(e: EvidenceRecord) -> Self {
+        Self {
+            raw_amount: Amount(BigUint::from_bytes_be(&e.raw_amount)),
+            raw_unit: e.raw_unit,
+            valuation: e.valuation,
+            rate: e.rate,
+            feed: e.feed,
+            price: e.price,
+            price_decimals: e.price_decimals,
+            round_id: e.round_id,
+            price_updated_at: e.price_updated_at,
+            price_block: e.price_block,
+        }
+    }
+}
+
 /// A budget as stored. Reserved is not stored: it is the sum of the reservation rows.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BudgetRecord {
     total: Vec<u8>,
+    unit: String,
     spent: Vec<u8>,
     status: BudgetStatus,
     progress: f64,
@@ -116,6 +196,7 @@ pub struct EntryRecord {
     reason: String,
     timestamp_ms: Millis,
     onchain: bool,
+    evidence: Option<EvidenceRecord>,
 }
 impl Codec for EntryRecord {}
 
@@ -154,6 +235,7 @@ impl BudgetRecord {
     pub fn from_state(b: &BudgetState) -> Self {
         Self {
             total: b.total.to_bytes_be(),
+            unit: b.unit.clone(),
             spent: b.spent.to_bytes_be(),
             status: b.status,
             progress: b.progress,
@@ -174,7 +256,7 @@ impl BudgetRecord {
             updated_ms: self.updated_ms,
             entry_count: self.entry_count,
             next_seq: self.next_seq,
-            ..BudgetState::new(task_id, BigUint::ZERO, 0)
+            ..BudgetState::new(task_id, BigUint::ZERO, self.unit, 0)
         }
     }
 }
@@ -190,12 +272,20 @@ impl EntryRecord {
             reason: e.reason.clone(),
             timestamp_ms,
             onchain: e.onchain,
+            evidence: e.evidence.as_ref().map(EvidenceRecord::from),
         }
     }
 
     /// The amount.
     pub fn amount(&self) -> BigUint {
         BigUint::from_bytes_be(&self.amount)
+    }
+
+    /// What the chain counted: the evidence's raw amount, else the amount.
+    pub fn raw_amount(&self) -> BigUint {
+        self.evidence
+            .as_ref()
+            .map_or_else(|| self.amount(), |e| BigUint::from_bytes_be(&e.raw_amount))
     }
 
     /// The entry it describes.
@@ -208,6 +298,8 @@ impl EntryRecord {
             reason: self.reason,
             timestamp: Some(to_datetime(self.timestamp_ms)),
             onchain: self.onchain,
+            unit: None,
+            evidence: self.evidence.map(Evidence::from),
         }
     }
 }
@@ -264,6 +356,7 @@ pub fn open(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
         txn.open_table(SESSION_ENTRY_TO_UNBOUND)?;
         txn.open_table(ACCOUNT_BLOCK_TO_LIMITS)?;
         txn.open_table(SESSION_TO_ONCHAIN_TOTAL)?;
+        txn.open_table(BLOCK_ENTRY_TO_HELD)?;
     }
     txn.commit()?;
     Ok(db)
@@ -361,6 +454,8 @@ pub struct Tables<'txn> {
     pub limits: Table<'txn, (&'static str, u64, u64), &'static [u8]>,
     /// See [`SESSION_TO_ONCHAIN_TOTAL`].
     pub session_totals: Table<'txn, &'static str, &'static [u8]>,
+    /// See [`BLOCK_ENTRY_TO_HELD`].
+    pub held: Table<'txn, (u64, &'static str), &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -383,6 +478,7 @@ impl<'txn> Tables<'txn> {
             unbound: txn.open_table(SESSION_ENTRY_TO_UNBOUND)?,
             limits: txn.open_table(ACCOUNT_BLOCK_TO_LIMITS)?,
             session_totals: txn.open_table(SESSION_TO_ONCHAIN_TOTAL)?,
+            held: txn.open_table(BLOCK_ENTRY_TO_HELD)?,
         })
     }
 

@@ -51,6 +51,8 @@ pub struct TaskBudget {
     pub task_id: String,
     /// The allocation, in base units.
     pub total_budget: Amount,
+    /// The unit of every amount of this budget (`usdc`, `wei`, a token symbol).
+    pub unit: String,
     /// The sum of all entries.
     pub spent: Amount,
     /// The sum of live reservations.
@@ -95,6 +97,46 @@ pub struct SpendEntry {
     /// True for spends posted from the chain (facts, not requests).
     #[serde(default)]
     pub onchain: bool,
+    /// The unit of `amount` when the caller names it; must be the budget's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// For on-chain spends: how the amount came to be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// How an on-chain spend's amount was valued: the raw amount the contract counted and
+/// the rate or price that turned it into the budget's unit, so an audit can redo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// The amount the contract counted.
+    pub raw_amount: Amount,
+    /// Its unit (`wei`).
+    pub raw_unit: String,
+    /// `native`, `fixed` or `feed`.
+    pub valuation: String,
+    /// Fixed: budget units per native coin, as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// Feed: the aggregator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
+    /// Feed: the answer used (an integer with `priceDecimals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
+    /// Feed: decimals of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_decimals: Option<u32>,
+    /// Feed: the round the answer came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_id: Option<String>,
+    /// Feed: when the answer was updated (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_updated_at: Option<u64>,
+    /// Feed: the block the price was read at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_block: Option<u64>,
 }
 
 impl SpendEntry {
@@ -108,6 +150,8 @@ impl SpendEntry {
             reason: String::new(),
             timestamp: None,
             onchain: false,
+            unit: None,
+            evidence: None,
         }
     }
 

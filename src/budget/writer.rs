@@ -53,8 +53,12 @@ pub struct Shared {
 /// A change the writer applies.
 #[derive(Debug)]
 pub enum Op {
-    /// Create a budget.
-    Allocate { task_id: String, total: Option<BigUint> },
+    /// Create a budget (in the default unit when `unit` is `None`).
+    Allocate {
+        task_id: String,
+        total: Option<BigUint>,
+        unit: Option<String>,
+    },
     /// An agent's spend, optionally consuming a reservation.
     Record {
         task_id: String,
@@ -84,8 +88,8 @@ pub enum Op {
 pub enum Done {
     /// A budget's view.
     Budget(TaskBudget),
-    /// A record's outcome.
-    Recorded(RecordOutcome),
+    /// A record's outcome (boxed: it is the largest answer by far).
+    Recorded(Box<RecordOutcome>),
     /// A new reservation.
     Reserved(Reservation),
     /// Whether a live reservation was released.
@@ -98,8 +102,8 @@ pub enum Done {
 
 /// A message to the writer.
 pub enum Msg {
-    /// Apply an operation and answer.
-    Op(Op, oneshot::Sender<Result<Done, Error>>),
+    /// Apply an operation and answer (boxed: ops are large, stops tiny).
+    Op(Box<Op>, oneshot::Sender<Result<Done, Error>>),
     /// Finish the batch in hand, then stop.
     Stop(oneshot::Sender<()>),
 }
@@ -111,14 +115,14 @@ pub fn run(db: Arc<Database>, shared: Arc<Shared>, rx: Receiver<Msg>) {
         let mut ops = Vec::new();
         let mut stop = None;
         match rx.recv_timeout(SWEEP_EVERY) {
-            Ok(Msg::Op(op, reply)) => ops.push((op, reply)),
+            Ok(Msg::Op(op, reply)) => ops.push((*op, reply)),
             Ok(Msg::Stop(ack)) => stop = Some(ack),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         while stop.is_none() && ops.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(Msg::Op(op, reply)) => ops.push((op, reply)),
+                Ok(Msg::Op(op, reply)) => ops.push((*op, reply)),
                 Ok(Msg::Stop(ack)) => stop = Some(ack),
                 Err(_) => break,
             }
@@ -261,17 +265,17 @@ impl Batch<'_, '_> {
 
     fn apply(&mut self, op: Op) -> Result<Done, Error> {
         match op {
-            Op::Allocate { task_id, total } => self.allocate(task_id, total),
+            Op::Allocate { task_id, total, unit } => self.allocate(task_id, total, unit),
             Op::Record {
                 task_id,
                 entry,
                 reservation,
             } => self
                 .record(&task_id, entry, reservation, false)
-                .map(Done::Recorded),
-            Op::PostOnchain { task_id, entry } => {
-                self.record(&task_id, entry, None, true).map(Done::Recorded)
-            }
+                .map(|r| Done::Recorded(Box::new(r))),
+            Op::PostOnchain { task_id, entry } => self
+                .record(&task_id, entry, None, true)
+                .map(|r| Done::Recorded(Box::new(r))),
             Op::Chain(op) => self.apply_chain(op).map(Done::Chain),
             Op::Reserve { task_id, amount, ttl } => self.reserve(&task_id, amount, ttl),
             Op::Release { id } => self.release(&id),
@@ -292,19 +296,25 @@ impl Batch<'_, '_> {
         }
     }
 
-    pub(super) fn allocate(&mut self, task_id: String, total: Option<BigUint>) -> Result<Done, Error> {
+    pub(super) fn allocate(
+        &mut self,
+        task_id: String,
+        total: Option<BigUint>,
+        unit: Option<String>,
+    ) -> Result<Done, Error> {
         validate_task_id(&task_id)?;
-        let total =
-            match total {
-                Some(t) if t != BigUint::ZERO => t,
-                _ => self.shared.settings.default_max.clone().ok_or_else(|| {
-                    Error::InvalidAmount("no total given and no default_max configured".into())
-                })?,
-            };
+        let settings = &self.shared.settings;
+        let unit = unit.unwrap_or_else(|| settings.default_unit.clone());
+        let default = settings.default_max_in(&unit)?;
+        let total = match total {
+            Some(t) if t != BigUint::ZERO => t,
+            _ => default
+                .ok_or_else(|| Error::InvalidAmount("no total given and no default_max configured".into()))?,
+        };
         if self.exists(&task_id) {
             return Err(Error::Exists);
         }
-        let b = BudgetState::new(task_id.clone(), total, self.now);
+        let b = BudgetState::new(task_id.clone(), total, unit, self.now);
         self.tables.put_budget(&b)?;
         let view = b.view(self.now);
         self.overlay.insert(task_id, b);
@@ -346,6 +356,15 @@ impl Batch<'_, '_> {
         let settings = &self.shared.settings;
         let (hard_limit, thresholds) = (settings.hard_limit, settings.thresholds_ppm.as_slice());
         let b = self.budget(task_id)?;
+        if let Some(unit) = entry.unit.take()
+            && unit != b.unit
+        {
+            return Err(Error::UnitMismatch {
+                task: task_id.to_owned(),
+                given: unit,
+                budget: b.unit.clone(),
+            });
+        }
         let hold = match &reservation {
             Some(id) => Some(
                 b.holds

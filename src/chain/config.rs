@@ -3,6 +3,8 @@
 use alloy::primitives::Address;
 use serde::{Deserialize, Serialize};
 
+use super::valuation::ValuationConfig;
+
 /// Anvil's chain id: a dev chain, where blocks are final at once.
 pub const ANVIL_CHAIN_ID: u64 = 31337;
 
@@ -37,6 +39,8 @@ pub struct ChainConfig {
     pub reorg_window: u64,
     /// Retries of one failing RPC call before reconnecting.
     pub max_retries: u32,
+    /// How spends in wei become amounts in the budgets' unit.
+    pub valuation: ValuationConfig,
 }
 
 impl Default for ChainConfig {
@@ -54,6 +58,7 @@ impl Default for ChainConfig {
             stall_timeout_secs: 60,
             reorg_window: 256,
             max_retries: 6,
+            valuation: ValuationConfig::Native,
         }
     }
 }

@@ -3,12 +3,15 @@
 //! - [`abi`]: the contract's events and views, bound from `abi/SpendingHook.json`.
 //! - [`config`]: `[chain]` settings and URL redaction.
 //! - [`ranges`]: adaptive `eth_getLogs` ranges and provider error classification.
+//! - [`valuation`]: on-chain wei into the budgets' unit (native, fixed rate, price feed).
 //! - [`watcher`]: backfill, live following, reconnects and reorg repair.
 
 pub mod abi;
 pub mod config;
 pub mod ranges;
+pub mod valuation;
 pub mod watcher;
 
 pub use config::{BindingConfig, ChainConfig, redact_url};
+pub use valuation::{ValuationConfig, Valuator};
 pub use watcher::{SyncError, SyncStatus, Watcher};

@@ -37,6 +37,7 @@ use tokio::time::sleep;
 use super::abi::{self, HookEvent};
 use super::config::{ChainConfig, redact_url};
 use super::ranges::{Failure, RangeSizer, backoff, classify};
+use super::valuation::{ValuationConfig, Valuator};
 use crate::budget::onchain::Cursor;
 use crate::budget::{Engine, Error as EngineError};
 use crate::reconciler::Reconciler;
@@ -77,6 +78,8 @@ pub struct SyncStatus {
     pub spend_events: u64,
     /// Failed RPC calls, retried or not.
     pub rpc_errors: u64,
+    /// Spends held back because their valuation failed.
+    pub held_spends: u64,
 }
 
 /// Why chain sync could not start or had to stop.
@@ -235,7 +238,19 @@ impl Watcher {
                 return Err(SyncError::NoContract { address, chain_id });
             }
         }
-        engine.chain_init(chain_id).await?;
+        let unit_decimals = engine.unit_decimals(cfg.valuation.unit())?;
+        let valuator = Valuator::new(cfg.valuation.clone(), unit_decimals).map_err(SyncError::Config)?;
+        if let ValuationConfig::Feed { address, .. } = &cfg.valuation {
+            let code = retrying("eth_getCode", retries, || {}, || provider.get_code_at(*address))
+                .await
+                .map_err(not_a_node)?;
+            if code.is_empty() {
+                return Err(SyncError::Config(format!(
+                    "chain.valuation.address: no contract at {address:#x} on chain {chain_id}"
+                )));
+            }
+        }
+        engine.chain_init(chain_id, valuator.unit()).await?;
         for b in &cfg.bindings {
             if engine.get(&b.task_id).is_err() {
                 engine.allocate(&b.task_id, None).await?;
@@ -246,7 +261,14 @@ impl Watcher {
         }
         let confirmations = cfg.confirmations_for(chain_id);
         let keep = cfg.reorg_window.max(confirmations.saturating_mul(2));
-        let reconciler = Reconciler::new(engine.clone(), tracker.clone(), chain_id, cfg.auto_allocate, keep);
+        let reconciler = Reconciler::new(
+            engine.clone(),
+            tracker.clone(),
+            valuator,
+            chain_id,
+            cfg.auto_allocate,
+            keep,
+        );
         let filter = Filter::new()
             .address(cfg.hook_addresses.clone())
             .event_signature(abi::topics().to_vec());
@@ -399,7 +421,7 @@ impl Watcher {
             match self.fetch(p, from, to).await {
                 Ok((logs, top)) => {
                     self.sizer.succeeded();
-                    self.post(from, top, logs).await?;
+                    self.post(p, from, top, logs).await?;
                 }
                 Err(Fail::TooLarge(suggested)) => {
                     tracing::debug!(from, to, ?suggested, "range too large; shrinking");
@@ -410,6 +432,10 @@ impl Watcher {
                 Err(Fail::Reorged) => self.check_reorg(p).await?,
                 Err(f) => return Err(f),
             }
+        }
+        if !self.engine.held_spends().is_empty() {
+            let released = self.reconciler.release_held(p, safe).await?;
+            self.status.send_modify(|s| s.spend_events += released.released);
         }
         self.tracker.rollback_above(safe);
         if head > safe {
@@ -427,7 +453,9 @@ impl Watcher {
             }
         }
         let synced = self.engine.chain_cursor().map(|c| c.number);
+        let held = self.engine.held_spends().len() as u64;
         self.status.send_modify(|s| {
+            s.held_spends = held;
             s.synced = synced;
             s.confirmed = Some(safe);
         });
@@ -464,7 +492,7 @@ impl Watcher {
 
     /// Feeds a confirmed range to the tracker and has the reconciler post it with the
     /// cursor at `top`.
-    async fn post(&mut self, from: u64, top: BlockRef, logs: Vec<Log>) -> Result<(), Fail> {
+    async fn post(&mut self, p: &DynProvider, from: u64, top: BlockRef, logs: Vec<Log>) -> Result<(), Fail> {
         // Whatever the tracker holds for these blocks came from an earlier look at the
         // unconfirmed window; what was just fetched replaces it.
         self.tracker.rollback_above(from.saturating_sub(1));
@@ -487,7 +515,7 @@ impl Watcher {
             number: top.number,
             hash: top.hash,
         };
-        let outcome = self.reconciler.sync(cursor, limits, hashes).await?;
+        let outcome = self.reconciler.sync(p, cursor, limits, hashes).await?;
         if outcome.posted + outcome.unbound > 0 {
             tracing::debug!(
                 from,
@@ -502,6 +530,7 @@ impl Watcher {
         }
         self.status.send_modify(|s| {
             s.spend_events += outcome.posted + outcome.unbound;
+            s.held_spends += outcome.held;
             s.synced = Some(top.number);
         });
         Ok(())

@@ -234,6 +234,73 @@ impl Anvil {
             .await
             .expect("anvil_reorg");
     }
+
+    /// Moves the next block's time forward (evm_increaseTime).
+    pub async fn increase_time(&self, secs: u64) {
+        let provider = self.provider().await;
+        let _: serde_json::Value = provider
+            .raw_request("evm_increaseTime".into(), (secs,))
+            .await
+            .expect("evm_increaseTime");
+    }
+}
+
+alloy::sol!(
+    #[sol(rpc)]
+    MockAggregator,
+    "abi/MockAggregator.abi.json"
+);
+
+/// A deployed `MockAggregator` (a Chainlink-style price feed).
+pub struct Feed {
+    pub address: Address,
+    contract: MockAggregator::MockAggregatorInstance<DynProvider>,
+}
+
+impl Feed {
+    /// Deploys `abi/MockAggregator.bin` with `decimals`.
+    pub async fn deploy(anvil: &Anvil, decimals: u8) -> Self {
+        let hex = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/abi/MockAggregator.bin"));
+        let mut code = alloy::primitives::hex::decode(hex.trim()).expect("feed bytecode hex");
+        code.extend_from_slice(&U256::from(decimals).to_be_bytes::<32>());
+        let provider = anvil.provider().await;
+        let tx = TransactionRequest::default()
+            .from(DEPLOYER)
+            .with_deploy_code(code);
+        let receipt = provider
+            .send_transaction(tx)
+            .await
+            .expect("deploy feed")
+            .get_receipt()
+            .await
+            .expect("feed receipt");
+        let address = receipt.contract_address.expect("feed address");
+        Self {
+            address,
+            contract: MockAggregator::new(address, provider),
+        }
+    }
+
+    /// The transaction of `setAnswer(answer)` (for `anvil_reorg`).
+    pub fn set_answer_tx(&self, answer: i64) -> TransactionRequest {
+        self.contract
+            .setAnswer(alloy::primitives::I256::try_from(answer).expect("answer"))
+            .into_transaction_request()
+            .from(DEPLOYER)
+    }
+
+    /// `setAnswer(answer)`: a new round, updated now.
+    pub async fn set_answer(&self, answer: i64) {
+        let provider = self.contract.provider();
+        let receipt = provider
+            .send_transaction(self.set_answer_tx(answer))
+            .await
+            .expect("setAnswer")
+            .get_receipt()
+            .await
+            .expect("setAnswer receipt");
+        assert!(receipt.status(), "setAnswer reverted");
+    }
 }
 
 impl Drop for Anvil {

@@ -3,6 +3,7 @@
 
 pub mod anvil;
 pub mod proxy;
+pub mod sync;
 
 use std::path::PathBuf;
 
