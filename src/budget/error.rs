@@ -112,6 +112,51 @@ pub enum Error {
     },
 }
 
+impl ErrorKind {
+    /// The stable JSON-RPC error code of the admin socket (-32001 ..= -32014); the
+    /// protocol's own codes (-32700, -32600, -32601, -32602) stay for protocol errors.
+    pub fn code(self) -> i32 {
+        match self {
+            ErrorKind::Exceeded => -32001,
+            ErrorKind::Closed => -32002,
+            ErrorKind::InvalidAmount => -32003,
+            ErrorKind::Exists => -32004,
+            ErrorKind::NotFound => -32005,
+            ErrorKind::InvalidProgress => -32006,
+            ErrorKind::Risk => -32007,
+            ErrorKind::Conflict => -32008,
+            ErrorKind::ReservationNotFound => -32009,
+            ErrorKind::InvalidTask => -32010,
+            ErrorKind::Unit => -32011,
+            ErrorKind::Chain => -32012,
+            ErrorKind::Config => -32013,
+            ErrorKind::Storage => -32014,
+            ErrorKind::Schema => -32015,
+        }
+    }
+
+    /// A short stable name (`exceeded`, `not_found`, ...), for `data.kind` on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Exceeded => "exceeded",
+            ErrorKind::Closed => "closed",
+            ErrorKind::InvalidAmount => "invalid_amount",
+            ErrorKind::Exists => "exists",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidProgress => "invalid_progress",
+            ErrorKind::Risk => "risk",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::ReservationNotFound => "reservation_not_found",
+            ErrorKind::InvalidTask => "invalid_task",
+            ErrorKind::Unit => "unit",
+            ErrorKind::Chain => "chain",
+            ErrorKind::Config => "config",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Schema => "schema",
+        }
+    }
+}
+
 impl Error {
     /// The kind, for branching and for stable wire codes.
     pub fn kind(&self) -> ErrorKind {
