@@ -12,9 +12,12 @@
 //! - [`tracker`]: the `OnChainTracker`: per-session on-chain spend not yet posted.
 //! - [`reconciler`]: posts confirmed spend from the tracker into the engine, with the
 //!   chain cursor in the same transaction.
+//! - [`client`]: a JSON-RPC client for the admin socket; [`ctl`]: `budgetctl`.
 #![warn(missing_docs)]
 
 pub mod budget;
 pub mod chain;
+pub mod client;
+pub mod ctl;
 pub mod reconciler;
 pub mod tracker;
