@@ -12,12 +12,14 @@
 //! - [`tracker`]: the `OnChainTracker`: per-session on-chain spend not yet posted.
 //! - [`reconciler`]: posts confirmed spend from the tracker into the engine, with the
 //!   chain cursor in the same transaction.
+//! - [`config`]: defaults < TOML < `BUDGETD_*` env < flags, validated before anything opens.
 //! - [`client`]: a JSON-RPC client for the admin socket; [`ctl`]: `budgetctl`.
 #![warn(missing_docs)]
 
 pub mod budget;
 pub mod chain;
 pub mod client;
+pub mod config;
 pub mod ctl;
 pub mod reconciler;
 pub mod tracker;
