@@ -12,10 +12,13 @@
 //! - [`tracker`]: the `OnChainTracker`: per-session on-chain spend not yet posted.
 //! - [`reconciler`]: posts confirmed spend from the tracker into the engine, with the
 //!   chain cursor in the same transaction.
+//! - [`admin`]: the admin socket: JSON-RPC 2.0 over a Unix socket (geth IPC framing)
+//!   for agents and operators.
 //! - [`config`]: defaults < TOML < `BUDGETD_*` env < flags, validated before anything opens.
 //! - [`client`]: a JSON-RPC client for the admin socket; [`ctl`]: `budgetctl`.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod budget;
 pub mod chain;
 pub mod client;

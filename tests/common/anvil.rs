@@ -442,3 +442,8 @@ impl Hook {
         self.spend_state(account, session).await.2
     }
 }
+
+/// Path of the pinned cast binary (installed beside anvil by `scripts/install-tools.sh`).
+pub fn cast_bin() -> PathBuf {
+    anvil_bin().with_file_name("cast")
+}
