@@ -12,9 +12,12 @@
 //! - [`tracker`]: the `OnChainTracker`: per-session on-chain spend not yet posted.
 //! - [`reconciler`]: posts confirmed spend from the tracker into the engine, with the
 //!   chain cursor in the same transaction.
+//! - [`metrics`]: Prometheus gauges and counters, served over HTTP with `/healthz` and
+//!   `/readyz`.
 #![warn(missing_docs)]
 
 pub mod budget;
 pub mod chain;
+pub mod metrics;
 pub mod reconciler;
 pub mod tracker;
