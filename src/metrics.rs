@@ -145,7 +145,7 @@ impl Metrics {
             status: gauge_vec(
                 &r,
                 "budgetd_budget_status",
-                "1 for the budget's status.",
+                "1 for the current status, 0 for the other live one.",
                 &["task", "status"],
             ),
         };

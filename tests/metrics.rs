@@ -2,6 +2,8 @@
 //! accepts the exposition, and a real `prometheus` server scraping the endpoint stores
 //! the live budgets' gauges with their values and nothing of a closed budget.
 //!
+//! A second test drives `/readyz` and the chain gauges through a watch channel.
+//!
 //! Needs `prometheus` and `promtool` on PATH (Debian: `apt-get install prometheus`).
 
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use budgetd::budget::{Engine, EngineConfig, SpendEntry};
+use budgetd::chain::SyncStatus;
 use budgetd::metrics::{CONTENT_TYPE, Metrics, MetricsState, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -231,5 +234,49 @@ async fn real_prometheus_scrapes_live_budgets() {
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
         .expect("serve returns after shutdown")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn readyz_follows_chain_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder(dir.path().join("budgets.redb")).open().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(SyncStatus::default());
+    let state = MetricsState {
+        metrics: std::sync::Arc::new(Metrics::new()),
+        engine,
+        sync: Some(rx),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async move { drop(stopped.await) }));
+
+    let (status, _, body) = get(&addr, "/readyz").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "not connected to the node\n"));
+    let synced = SyncStatus {
+        confirmations: 2,
+        head: Some(50),
+        synced: Some(48),
+        confirmed: Some(48),
+        connected: true,
+        ..Default::default()
+    };
+    tx.send_replace(SyncStatus {
+        synced: Some(40),
+        ..synced.clone()
+    });
+    let (status, _, body) = get(&addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    tx.send_replace(synced);
+    assert_eq!(get(&addr, "/readyz").await.unwrap().0, 200);
+    assert_eq!(get(&addr, "/healthz").await.unwrap().0, 200);
+    let (_, _, metrics) = get(&addr, "/metrics").await.unwrap();
+    assert!(metrics.contains("budgetd_chain_blocks_behind 2"), "{metrics}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
         .unwrap();
 }
