@@ -16,13 +16,19 @@
 //!   for agents and operators.
 //! - [`config`]: defaults < TOML < `BUDGETD_*` env < flags, validated before anything opens.
 //! - [`client`]: a JSON-RPC client for the admin socket; [`ctl`]: `budgetctl`.
+//! - [`metrics`]: Prometheus gauges and counters, served over HTTP with `/healthz` and
+//!   `/readyz`.
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod budget;
 pub mod chain;
+<<<<<<< HEAD
 pub mod client;
 pub mod config;
 pub mod ctl;
+=======
+pub mod metrics;
+>>>>>>> metrics
 pub mod reconciler;
 pub mod tracker;
