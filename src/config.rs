@@ -11,8 +11,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminConfig;
 use crate::budget::EngineConfig;
 use crate::chain::ChainConfig;
+use crate::metrics::MetricsConfig;
 
 /// Everything `budgetd run` reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,10 @@ pub struct Config {
     pub budget: EngineConfig,
     /// Chain sync; absent = budgets only, no chain.
     pub chain: Option<ChainConfig>,
+    /// The admin socket.
+    pub admin: AdminConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// Log line format.
@@ -46,6 +52,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             budget: EngineConfig::default(),
             chain: None,
+            admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -16,6 +16,7 @@
 //!   for agents and operators.
 //! - [`config`]: defaults < TOML < `BUDGETD_*` env < flags, validated before anything opens.
 //! - [`client`]: a JSON-RPC client for the admin socket; [`ctl`]: `budgetctl`.
+//! - [`daemon`]: `budgetd run`, everything wired under one shutdown; [`dev`]: `budgetd dev`.
 //! - [`metrics`]: Prometheus gauges and counters, served over HTTP with `/healthz` and
 //!   `/readyz`.
 #![warn(missing_docs)]
@@ -23,12 +24,11 @@
 pub mod admin;
 pub mod budget;
 pub mod chain;
-<<<<<<< HEAD
 pub mod client;
 pub mod config;
 pub mod ctl;
-=======
+pub mod daemon;
+pub mod dev;
 pub mod metrics;
->>>>>>> metrics
 pub mod reconciler;
 pub mod tracker;

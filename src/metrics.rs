@@ -25,7 +25,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::budget::onchain::u256_to_big;
 use crate::budget::{BudgetStatus, Engine, TaskBudget};
@@ -43,7 +43,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PAGE: usize = 1000;
 
 /// `[metrics]` settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint; loopback by default.
@@ -130,7 +130,7 @@ impl Metrics {
         let r = Registry::new();
         let tu = &["task", "unit"];
         let budget = BudgetGauges {
-            total: gauge_vec(&r, "budgetd_budget_total", "Allocation, base units.", tu),
+            total: gauge_vec(&r, "budgetd_budget_allocated", "Allocation, base units.", tu),
             spent: gauge_vec(&r, "budgetd_budget_spent", "Spent, base units.", tu),
             reserved: gauge_vec(&r, "budgetd_budget_reserved", "Held by live reservations.", tu),
             remaining: gauge_vec(&r, "budgetd_budget_remaining", "total - spent - reserved.", tu),
@@ -346,7 +346,7 @@ mod tests {
         m.set_drift("0xa", "0xb", 1.0);
         let out = m.render(&e, None).unwrap();
         for want in [
-            r#"budgetd_budget_total{task="live",unit="usdc"} 10000000"#,
+            r#"budgetd_budget_allocated{task="live",unit="usdc"} 10000000"#,
             r#"budgetd_budget_spent{task="live",unit="usdc"} 2500000"#,
             r#"budgetd_budget_remaining{task="live",unit="usdc"} 7500000"#,
             r#"budgetd_budget_spent_ratio{task="live",unit="usdc"} 0.25"#,

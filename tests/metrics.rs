@@ -18,11 +18,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
-/// Lint problems `promtool check metrics` may report: the names are fixed by the
-/// deployed alert rules and dashboard.
-const LINT_ALLOWED: &[&str] =
-    &[r#"budgetd_budget_total non-counter metrics should not have "_total" suffix"#];
-
 /// A tool on PATH, or a failure that says how to get it.
 fn tool(name: &str) -> PathBuf {
     std::env::var_os("PATH")
@@ -178,30 +173,16 @@ async fn real_prometheus_scrapes_live_budgets() {
     );
     assert_eq!(get(&addr, "/nope").await.unwrap().0, 404);
 
-    // promtool parses the body (a parse error fails) and then lints it. The one lint
-    // problem allowed is the mandated name of a gauge that ends in `_total`
-    // (`budgetd_budget_total`: alert rules and the dashboard use it as is).
+    // promtool parses the body and lints it: both must pass.
     let (ok, out) = promtool(&["check", "metrics"], Some(&body)).await;
-    let unexpected: Vec<_> = out
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !LINT_ALLOWED.contains(&l.trim()))
-        .collect();
     assert!(
-        ok || unexpected.is_empty(),
-        "promtool check metrics failed:\n{}\n--- body:\n{body}",
-        unexpected.join("\n")
+        ok && out.trim().is_empty(),
+        "promtool check metrics failed:\n{out}\n--- body:\n{body}"
     );
 
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/budgetd.rules.yml");
-    if rules.exists() {
-        let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], None).await;
-        assert!(ok, "promtool check rules failed:\n{out}");
-    } else {
-        eprintln!(
-            "skipping `promtool check rules`: {} does not exist yet",
-            rules.display()
-        );
-    }
+    let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], None).await;
+    assert!(ok, "promtool check rules failed:\n{out}");
 
     let web = format!("127.0.0.1:{}", free_port());
     let mut prometheus = start_prometheus(dir.path(), &addr, &web);

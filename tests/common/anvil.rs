@@ -281,12 +281,14 @@ impl Feed {
         }
     }
 
-    /// The transaction of `setAnswer(answer)` (for `anvil_reorg`).
+    /// The transaction of `setAnswer(answer)` (for `anvil_reorg`). A fixed gas limit:
+    /// anvil's estimate was seen to fall short once under load.
     pub fn set_answer_tx(&self, answer: i64) -> TransactionRequest {
         self.contract
             .setAnswer(alloy::primitives::I256::try_from(answer).expect("answer"))
             .into_transaction_request()
             .from(DEPLOYER)
+            .gas_limit(200_000)
     }
 
     /// `setAnswer(answer)`: a new round, updated now.
