@@ -76,6 +76,33 @@ async fn serves_then_stops_cleanly_on_sigterm() {
     c.call("budget_record", json!(["task-1", {"amount": "2500000"}]))
         .await
         .unwrap();
+    // budgetctl against the same daemon: tables, --json, and exit codes scripts use.
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_budgetctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let get = ctl(&["--usdc", "budget", "get", "task-1"]);
+    assert_eq!(get.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&get.stdout).contains("spent        2.50"),
+        "{get:?}"
+    );
+    let json_out = ctl(&["--json", "budget", "list", "--status", "active"]);
+    let listed: serde_json::Value = serde_json::from_slice(&json_out.stdout).unwrap();
+    assert_eq!(listed["items"][0]["taskId"], "task-1");
+    let refused = ctl(&["budget", "check", "task-1", "99999999"]);
+    assert_eq!(refused.status.code(), Some(1), "refused: exit 1");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("budget exceeded"));
+    let missing = Command::new(env!("CARGO_BIN_EXE_budgetctl"))
+        .args(["--socket", "/nonexistent/admin.sock", "sync", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(3), "unreachable: exit 3");
+
     let body = reqwest_get(&metrics, "/metrics").await;
     assert!(
         body.contains(r#"budgetd_budget_spent{task="task-1",unit="usdc"} 2500000"#),
