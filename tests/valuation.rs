@@ -39,6 +39,16 @@ fn feed_config(url: &str, hook: Address, feed: Address, max_age_secs: u64) -> Ch
     }
 }
 
+fn fixed_config(url: &str, hook: Address, rate: &str) -> ChainConfig {
+    ChainConfig {
+        valuation: ValuationConfig::Fixed {
+            unit: "usdc".into(),
+            rate: rate.into(),
+        },
+        ..chain_config(url, hook)
+    }
+}
+
 fn budget(engine: &budgetd::budget::Engine) -> TaskBudget {
     engine.get(&session_id(A, S)).expect("auto-allocated budget")
 }
@@ -49,13 +59,7 @@ async fn fixed_rate_rounds_up_and_keeps_its_evidence() {
     let hook = Hook::deploy(&anvil).await;
     let db = TestDb::new();
     let engine = usdc_engine(&db);
-    let cfg = ChainConfig {
-        valuation: ValuationConfig::Fixed {
-            unit: "usdc".into(),
-            rate: "3000.123456".into(),
-        },
-        ..chain_config(&anvil.ws_url(), hook.address)
-    };
+    let cfg = fixed_config(&anvil.ws_url(), hook.address, "3000.123456");
     let run = Running::start(&engine, cfg).await;
     // 1 ETH = 3000.123456 USDC exactly; 1e12 wei = 0.003000123456 USDC -> 3001 base
     // units (rounded up); 1 wei -> 1 base unit (never rounds to nothing).
@@ -207,13 +211,7 @@ async fn units_never_mix() {
     let hook = Hook::deploy(&anvil).await;
     let db = TestDb::new();
     let engine = usdc_engine(&db);
-    let cfg = ChainConfig {
-        valuation: ValuationConfig::Fixed {
-            unit: "usdc".into(),
-            rate: "2000".into(),
-        },
-        ..chain_config(&anvil.ws_url(), hook.address)
-    };
+    let cfg = fixed_config(&anvil.ws_url(), hook.address, "2000");
     let run = Running::start(&engine, cfg).await;
     engine
         .allocate_in("in-wei", Some(BigUint::from(ETH)), Some("wei"))

@@ -89,11 +89,16 @@ pub trait Codec: Serialize + DeserializeOwned {
     /// # Errors
     /// [`Error::Storage`] for an unknown format byte or a corrupt value.
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        match bytes.split_first() {
-            Some((&FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
-            Some((f, _)) => Err(Error::Storage(format!("unknown value format {f}"))),
-            None => Err(Error::Storage("empty value".into())),
-        }
+        Ok(postcard::from_bytes(payload(bytes, FORMAT)?)?)
+    }
+}
+
+/// The bytes after the format byte, when it is `format`.
+fn payload(bytes: &[u8], format: u8) -> Result<&[u8], Error> {
+    match bytes.split_first() {
+        Some((&f, rest)) if f == format => Ok(rest),
+        Some((f, _)) => Err(Error::Storage(format!("unknown value format {f}"))),
+        None => Err(Error::Storage("empty value".into())),
     }
 }
 
@@ -112,13 +117,7 @@ pub trait JsonCodec: Serialize + DeserializeOwned {
     /// # Errors
     /// [`Error::Storage`] for an unknown format byte or a corrupt value.
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        match bytes.split_first() {
-            Some((&FORMAT_JSON, rest)) => {
-                serde_json::from_slice(rest).map_err(|e| Error::Storage(e.to_string()))
-            }
-            Some((f, _)) => Err(Error::Storage(format!("unknown value format {f}"))),
-            None => Err(Error::Storage("empty value".into())),
-        }
+        serde_json::from_slice(payload(bytes, FORMAT_JSON)?).map_err(|e| Error::Storage(e.to_string()))
     }
 }
 
