@@ -357,6 +357,19 @@ async fn batches_framing_and_cast_style_requests() {
     // An empty batch is an invalid request.
     c.send_raw(b"[]").await;
     assert_eq!(error_code(&c.read().await.unwrap()), -32600);
+
+    // A notification (no id) is executed and gets no answer: the next answer is the
+    // next request's.
+    c.send_raw(br#"{"jsonrpc":"2.0","method":"budget_allocate","params":["by-notification","42"]}"#)
+        .await;
+    c.send_raw(br#"{"jsonrpc":"2.0","id":11,"method":"budget_get","params":["by-notification"]}"#)
+        .await;
+    let a = c.read().await.unwrap();
+    assert_eq!(
+        (a["id"].clone(), a["result"]["totalBudget"].clone()),
+        (json!(11), json!("42")),
+        "{a}"
+    );
     d.shutdown().await;
 }
 

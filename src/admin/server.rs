@@ -475,8 +475,16 @@ impl Connection {
         let req: Request = match serde_json::from_str(text) {
             Ok(r) => r,
             Err(_) => {
-                if serde_json::from_str::<Notification<Option<&RawValue>>>(text).is_ok() {
-                    tracing::debug!(conn = self.id.0, "admin notification ignored");
+                if let Ok(n) = serde_json::from_str::<Notification<Option<&RawValue>>>(text) {
+                    // A notification is executed like a request; it gets no answer. A
+                    // subscription without an id could never be addressed: skipped.
+                    if !matches!(
+                        self.shared.methods.method(&n.method),
+                        Some(MethodCallback::Subscription(_))
+                    ) {
+                        let req = serde_json::json!({"jsonrpc": "2.0", "id": null, "method": n.method, "params": n.params});
+                        let _ = Box::pin(self.call(&req.to_string(), true)).await;
+                    }
                     return None;
                 }
                 let id = serde_json::from_str::<InvalidRequest>(text).map_or(Id::Null, |r| r.id);
