@@ -5,7 +5,8 @@
 //! scripts, amounts in base units (`--usdc` shows USDC budgets as decimals).
 //!
 //! Exit codes: 0 done; 1 budgetd refused (budget exceeded, not found, closed, ...: the
-//! message and code are printed); 2 usage; 3 budgetd unreachable; 4 a broken answer.
+//! message and code are printed) or the audit found drift; 2 usage; 3 budgetd
+//! unreachable; 4 a broken answer.
 
 use std::path::PathBuf;
 
@@ -21,7 +22,7 @@ use crate::client::{Client, ClientError};
 #[command(
     name = "budgetctl",
     version,
-    after_help = "Exit codes: 0 ok, 1 refused by budgetd, 2 usage, 3 budgetd unreachable, 4 bad answer."
+    after_help = "Exit codes: 0 ok, 1 refused by budgetd or audit drift, 2 usage, 3 budgetd unreachable, 4 bad answer."
 )]
 pub struct Cli {
     /// The admin socket.
@@ -59,6 +60,8 @@ enum Command {
     /// Chain sync.
     #[command(subcommand)]
     Sync(SyncCmd),
+    /// Compare the books with the contract's getSpendState, per session; exit 1 on drift.
+    Audit,
     /// Follow notifications.
     #[command(subcommand)]
     Watch(WatchCmd),
@@ -257,6 +260,7 @@ impl Command {
             }
             Command::Chain(ChainCmd::Limits { account }) => ("chain_limits".into(), json!([opt(account)])),
             Command::Sync(SyncCmd::Status) => ("sync_status".into(), json!([])),
+            Command::Audit => ("chain_audit".into(), json!([])),
             Command::Watch(WatchCmd::Alerts) => ("budget_subscribe".into(), json!([])),
             Command::Rpc { method, params } => {
                 let params = params
@@ -272,6 +276,7 @@ impl Command {
 /// Runs one command; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
     let watch = matches!(cli.command, Command::Watch(_));
+    let audit = matches!(cli.command, Command::Audit);
     let (method, params) = match cli.command.request() {
         Ok(r) => r,
         Err(e) => {
@@ -295,8 +300,17 @@ pub async fn run(cli: Cli) -> i32 {
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+    } else if audit {
+        print!("{}", render(&result["sessions"], false));
+        println!(
+            "block {}: {} session(s) drifting",
+            result["block"], result["drifting"]
+        );
     } else {
         print!("{}", render(&result, cli.usdc));
+    }
+    if audit && result["drifting"].as_u64() != Some(0) {
+        return exit::REFUSED;
     }
     exit::OK
 }

@@ -94,8 +94,22 @@ impl Daemon {
 
         let socket = cfg.admin.socket_path.clone();
         let observe = metrics.clone();
-        let state = AdminState::new(engine.clone(), tracker.clone(), sync.clone())
+        let mut state = AdminState::new(engine.clone(), tracker.clone(), sync.clone())
             .on_request(move |method, code, elapsed| observe.observe_admin(method, code, elapsed));
+        if let Some(chain) = &cfg.chain {
+            state = state.with_audit(chain.rpc_url.clone(), chain.hook_addresses.clone());
+            if chain.audit_interval_secs > 0 {
+                let (chain, engine, metrics) = (chain.clone(), engine.clone(), metrics.clone());
+                let done = stopped(stop_rx.clone());
+                tasks.spawn(async move {
+                    tokio::select! {
+                        () = done => {}
+                        () = audit_every(chain, engine, metrics) => {}
+                    }
+                    Ok(())
+                });
+            }
+        }
         let server = AdminServer::bind(cfg.admin.clone(), state).context("cannot open the admin socket")?;
         let done = stopped(stop_rx.clone());
         tasks.spawn(async move {
@@ -138,6 +152,34 @@ impl Daemon {
         }
         self.engine.shutdown().await;
         result
+    }
+}
+
+/// Audits the books against the contract every `audit_interval_secs`, exporting
+/// `budgetd_audit_drift` and logging an error on drift.
+async fn audit_every(chain: crate::chain::ChainConfig, engine: Engine, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(chain.audit_interval_secs));
+    tick.tick().await; // the first tick is immediate; let sync start first
+    loop {
+        tick.tick().await;
+        match crate::chain::audit::audit(&chain.rpc_url, &chain.hook_addresses, &engine).await {
+            Ok(report) => {
+                for s in &report.sessions {
+                    let drift = s.drift.parse::<f64>().unwrap_or(f64::NAN);
+                    metrics.set_drift(
+                        &format!("{:#x}", s.account),
+                        &format!("{:#x}", s.session_key),
+                        drift,
+                    );
+                    if s.drift != "0" {
+                        tracing::error!(account = %s.account, session_key = %s.session_key, drift = %s.drift,
+                            chain = %s.chain, confirmed = %s.confirmed, block = report.block,
+                            "audit: the books differ from the contract");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "audit could not run"),
+        }
     }
 }
 

@@ -254,6 +254,18 @@ fn register_chain(m: &mut RpcModule<AdminState>) -> Result<(), jsonrpsee::core::
             .collect();
         Ok(Value::Array(out))
     })?;
+    m.register_async_method("chain_audit", |_p, s, _| async move {
+        let kind = crate::budget::ErrorKind::Chain;
+        let fail =
+            |msg: String| ErrorObjectOwned::owned(kind.code(), msg, Some(json!({ "kind": kind.name() })));
+        let Some((url, hooks)) = &s.audit else {
+            return Err(fail("no chain configured: nothing to audit".into()));
+        };
+        let report = crate::chain::audit::audit(url, hooks, &s.engine)
+            .await
+            .map_err(fail)?;
+        RpcResult::Ok(serde_json::to_value(report).unwrap_or_default())
+    })?;
     m.register_method("sync_status", |_p, s, _| -> RpcResult<Value> {
         let Some(rx) = &s.sync else {
             return Ok(json!({ "enabled": false }));

@@ -53,6 +53,8 @@ pub struct AdminState {
     pub sync: Option<watch::Receiver<SyncStatus>>,
     /// The metrics hook.
     pub on_request: Option<RequestHook>,
+    /// Node URL and hook addresses for `chain_audit`; `None` without a chain.
+    pub audit: Option<(String, Vec<alloy::primitives::Address>)>,
 }
 
 impl AdminState {
@@ -63,7 +65,14 @@ impl AdminState {
             tracker,
             sync,
             on_request: None,
+            audit: None,
         }
+    }
+
+    /// Enables `chain_audit` against the node at `rpc_url` and `hooks`.
+    pub fn with_audit(mut self, rpc_url: String, hooks: Vec<alloy::primitives::Address>) -> Self {
+        self.audit = Some((rpc_url, hooks));
+        self
     }
 
     /// Sets the metrics hook.

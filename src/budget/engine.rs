@@ -616,6 +616,20 @@ impl Engine {
         self.chain_state(|c| c.limits.values().cloned().collect())
     }
 
+    /// Per session, the raw on-chain amounts posted, unbound and held, read from the
+    /// store (every spend taken in is visited: for audits, not hot paths).
+    ///
+    /// # Errors
+    /// A storage error.
+    pub async fn session_breakdown(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, onchain::SessionBreakdown>, Error> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || onchain::breakdown(&db))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?
+    }
+
     /// Confirmed on-chain total per session (bound or not), and what waits unbound.
     pub fn session_totals(&self) -> Vec<(String, BigUint, BigUint)> {
         self.chain_state(|c| {

@@ -322,6 +322,52 @@ pub fn load_chain(db: &Database) -> Result<ChainState, Error> {
     Ok(st)
 }
 
+/// What budgetd holds per session, in raw amounts (what the contract counted):
+/// posted to tasks, waiting unbound, held back for valuation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionBreakdown {
+    /// Raw amounts of entries posted to tasks.
+    pub posted: BigUint,
+    /// Raw amounts waiting for a binding.
+    pub unbound: BigUint,
+    /// Raw amounts held back.
+    pub held: BigUint,
+}
+
+/// Walks every on-chain spend taken in and sums it per session by where it is.
+///
+/// # Errors
+/// [`Error::Storage`].
+pub fn breakdown(db: &Database) -> Result<BTreeMap<String, SessionBreakdown>, Error> {
+    use super::store::{ENTRY_ID_TO_TASK_SEQ, TASK_SEQ_TO_ENTRY};
+    let read = db.begin_read()?;
+    let (ids, entries) = (
+        read.open_table(ENTRY_ID_TO_TASK_SEQ)?,
+        read.open_table(TASK_SEQ_TO_ENTRY)?,
+    );
+    let (held, unbound) = (
+        read.open_table(BLOCK_ENTRY_TO_HELD)?,
+        read.open_table(SESSION_ENTRY_TO_UNBOUND)?,
+    );
+    let mut out: BTreeMap<String, SessionBreakdown> = BTreeMap::new();
+    for row in read.open_table(super::store::BLOCK_ENTRY_TO_SESSION)?.iter()? {
+        let (k, v) = row?;
+        let ((block, id), session) = (k.value(), v.value());
+        let b = out.entry(session.to_owned()).or_default();
+        if let Some(loc) = ids.get(id)? {
+            let (task, seq) = loc.value();
+            if let Some(e) = entries.get((task, seq))? {
+                b.posted += EntryRecord::decode(e.value())?.raw_amount();
+            }
+        } else if let Some(h) = held.get((block, id))? {
+            b.held += u256_to_big(HeldSpend::decode(h.value())?.spend.amount);
+        } else if let Some(u) = unbound.get((session, id))? {
+            b.unbound += EntryRecord::decode(u.value())?.raw_amount();
+        }
+    }
+    Ok(out)
+}
+
 impl Batch<'_, '_> {
     fn chain_mut(&mut self) -> &mut ChainState {
         if self.chain.is_none() {

@@ -41,6 +41,8 @@ pub struct ChainConfig {
     pub max_retries: u32,
     /// How spends in wei become amounts in the budgets' unit.
     pub valuation: ValuationConfig,
+    /// Audit the books against the contract this often, seconds (0 = never).
+    pub audit_interval_secs: u64,
 }
 
 impl Default for ChainConfig {
@@ -59,6 +61,7 @@ impl Default for ChainConfig {
             reorg_window: 256,
             max_retries: 6,
             valuation: ValuationConfig::Native,
+            audit_interval_secs: 300,
         }
     }
 }

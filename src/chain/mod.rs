@@ -1,12 +1,14 @@
 //! Following the SpendingHook on chain.
 //!
 //! - [`abi`]: the contract's events and views, bound from `abi/SpendingHook.json`.
+//! - [`audit`]: the books against the contract's `getSpendState`, per session.
 //! - [`config`]: `[chain]` settings and URL redaction.
 //! - [`ranges`]: adaptive `eth_getLogs` ranges and provider error classification.
 //! - [`valuation`]: on-chain wei into the budgets' unit (native, fixed rate, price feed).
 //! - [`watcher`]: backfill, live following, reconnects and reorg repair.
 
 pub mod abi;
+pub mod audit;
 pub mod config;
 pub mod ranges;
 pub mod valuation;
