@@ -56,18 +56,7 @@ async fn books_that_follow_the_chain_show_no_drift_and_a_phantom_spend_does() {
     };
     let valued = Valued {
         amount: BigUint::from(5u32),
-        evidence: Evidence {
-            raw_amount: Amount::from(5),
-            raw_unit: "wei".into(),
-            valuation: "native".into(),
-            rate: None,
-            feed: None,
-            price: None,
-            price_decimals: None,
-            round_id: None,
-            price_updated_at: None,
-            price_block: None,
-        },
+        evidence: Evidence::native(Amount::from(5)),
     };
     engine
         .commit_chain(ChainCommit {

@@ -5,6 +5,25 @@ use serde::{Deserialize, Serialize};
 
 use super::amount::{Amount, SignedAmount};
 
+impl Evidence {
+    /// Evidence of a spend posted as the chain counted it (wei as is); the other
+    /// valuations fill in their rate or price on top.
+    pub fn native(raw_amount: Amount) -> Self {
+        Self {
+            raw_amount,
+            raw_unit: "wei".into(),
+            valuation: "native".into(),
+            rate: None,
+            feed: None,
+            price: None,
+            price_decimals: None,
+            round_id: None,
+            price_updated_at: None,
+            price_block: None,
+        }
+    }
+}
+
 /// Where a budget is in its life. `active -> exhausted -> closed`, or
 /// `active -> closed`; never back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod abi;
 pub mod audit;
 pub mod config;
 pub mod ranges;
+mod rpc;
 pub mod valuation;
 pub mod watcher;
 

@@ -150,18 +150,7 @@ impl Valuator {
         block_time: u64,
     ) -> Result<Valued, ValuationError> {
         let wei = u256_to_big(spend.amount);
-        let mut evidence = Evidence {
-            raw_amount: Amount(wei.clone()),
-            raw_unit: WEI.into(),
-            valuation: "native".into(),
-            rate: None,
-            feed: None,
-            price: None,
-            price_decimals: None,
-            round_id: None,
-            price_updated_at: None,
-            price_block: None,
-        };
+        let mut evidence = Evidence::native(Amount(wei.clone()));
         let scale = BigUint::from(10u32).pow(self.unit_decimals);
         let native = BigUint::from(10u32).pow(NATIVE_DECIMALS);
         let amount = match &self.cfg {

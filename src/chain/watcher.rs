@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use alloy::eips::BlockNumberOrTag;
 use alloy::primitives::B256;
-use alloy::providers::{DynProvider, Provider, ProviderBuilder, WsConnect};
-use alloy::pubsub::Subscription;
+use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::{Filter, Log};
 use alloy::transports::TransportResult;
 use serde::Serialize;
@@ -36,17 +35,13 @@ use tokio::time::sleep;
 
 use super::abi::{self, HookEvent};
 use super::config::{ChainConfig, redact_url};
-use super::ranges::{Failure, RangeSizer, backoff, classify};
+use super::ranges::{RangeSizer, backoff};
+use super::rpc::{Conn, Fail, connect_all, next, retrying};
 use super::valuation::{ValuationConfig, Valuator};
 use crate::budget::onchain::Cursor;
 use crate::budget::{Engine, Error as EngineError};
 use crate::reconciler::Reconciler;
 use crate::tracker::OnChainTracker;
-
-/// How long one RPC call may take before it counts as failed.
-const RPC_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where sync stands; published on every pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -120,30 +115,6 @@ pub enum SyncError {
     Rpc(String),
 }
 
-/// Why a pass stopped.
-enum Fail {
-    /// The range was too large (suggested last block).
-    TooLarge(Option<u64>),
-    /// The chain changed under the fetch.
-    Reorged,
-    /// Reconnect and go on.
-    Disconnected(String),
-    /// Storage failed; wait and go on.
-    Storage(EngineError),
-    /// Stop.
-    Fatal(SyncError),
-}
-
-impl From<EngineError> for Fail {
-    fn from(e: EngineError) -> Self {
-        if e.is_retryable() {
-            Fail::Storage(e)
-        } else {
-            Fail::Fatal(e.into())
-        }
-    }
-}
-
 /// A block's identity.
 #[derive(Debug, Clone, Copy)]
 struct BlockRef {
@@ -165,33 +136,6 @@ pub struct Watcher {
     conn: Option<Conn>,
     sizer: RangeSizer,
     status: watch::Sender<SyncStatus>,
-}
-
-/// The websockets to the node: requests, new-head hints, removed-log hints.
-struct Conn {
-    rpc: DynProvider,
-    heads: DynProvider,
-    logs: DynProvider,
-}
-
-async fn connect_all(url: &str, redacted: &str) -> Result<Conn, String> {
-    Ok(Conn {
-        rpc: connect(url, redacted).await?,
-        heads: connect(url, redacted).await?,
-        logs: connect(url, redacted).await?,
-    })
-}
-
-async fn connect(url: &str, redacted: &str) -> Result<DynProvider, String> {
-    let ws = WsConnect::new(url)
-        .with_max_retries(2)
-        .with_retry_interval(Duration::from_millis(500));
-    match tokio::time::timeout(CONNECT_TIMEOUT, ProviderBuilder::new().connect_ws(ws)).await {
-        Ok(Ok(p)) => Ok(p.erased()),
-        // alloy's messages may quote the URL: keep its secrets out.
-        Ok(Err(e)) => Err(e.to_string().replace(url, redacted)),
-        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
-    }
 }
 
 impl Watcher {
@@ -603,64 +547,5 @@ impl Watcher {
             f,
         )
         .await
-    }
-}
-
-/// Calls the node with a timeout; retries transient failures (rate limits, timeouts)
-/// with backoff and jitter, `max_retries` times; reports range errors to the caller,
-/// which must change the request.
-async fn retrying<T, F, Fut>(
-    what: &'static str,
-    max_retries: u32,
-    on_error: impl Fn(),
-    mut f: F,
-) -> Result<T, Fail>
-where
-    F: FnMut() -> Fut,
-    Fut: IntoFuture<Output = TransportResult<T>>,
-{
-    let mut attempt = 0;
-    loop {
-        let failure = match tokio::time::timeout(RPC_TIMEOUT, f().into_future()).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => classify(&e),
-            Err(_) => Failure::Transient(format!("no answer within {RPC_TIMEOUT:?}")),
-        };
-        on_error();
-        match failure {
-            Failure::TooLarge { suggested_to } => return Err(Fail::TooLarge(suggested_to)),
-            Failure::Disconnected(m) => return Err(Fail::Disconnected(format!("{what}: {m}"))),
-            Failure::Fatal(m) => return Err(Fail::Fatal(SyncError::Rpc(format!("{what}: {m}")))),
-            Failure::Transient(m) if attempt >= max_retries => {
-                return Err(Fail::Disconnected(format!(
-                    "{what} failed {} times, last: {m}",
-                    attempt + 1
-                )));
-            }
-            Failure::Transient(m) => {
-                tracing::debug!(what, attempt, error = %m, "rpc failed; retrying");
-                sleep(backoff(
-                    attempt,
-                    Duration::from_millis(100),
-                    Duration::from_secs(5),
-                ))
-                .await;
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// The next item of an optional subscription; pending forever without one.
-async fn next<T: serde::de::DeserializeOwned + Clone>(sub: &mut Option<Subscription<T>>) -> Option<T> {
-    let Some(s) = sub else {
-        return std::future::pending().await;
-    };
-    loop {
-        match s.recv().await {
-            Ok(v) => return Some(v),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        }
     }
 }
