@@ -4,6 +4,7 @@
 //! - [`audit`]: the books against the contract's `getSpendState`, per session.
 //! - [`config`]: `[chain]` settings and URL redaction.
 //! - [`ranges`]: adaptive `eth_getLogs` ranges and provider error classification.
+//! - `rpc`: the three websockets to the node and calls with timeout and bounded retry.
 //! - [`valuation`]: on-chain wei into the budgets' unit (native, fixed rate, price feed).
 //! - [`watcher`]: backfill, live following, reconnects and reorg repair.
 
