@@ -117,7 +117,13 @@ impl Reconciler {
         block: u64,
         times: &mut BTreeMap<u64, u64>,
     ) -> Result<Valued, String> {
-        let time = match (block == spend.block).then_some(spend.block_timestamp).flatten() {
+        // Native and fixed valuations never read the time: no header fetch for them.
+        let known = if self.valuator.needs_block_time() {
+            (block == spend.block).then_some(spend.block_timestamp).flatten()
+        } else {
+            Some(0)
+        };
+        let time = match known {
             Some(t) => t,
             None => match times.get(&block) {
                 Some(t) => *t,

@@ -137,6 +137,11 @@ impl Valuator {
         self.cfg.unit()
     }
 
+    /// Only a feed's staleness check reads the block time.
+    pub fn needs_block_time(&self) -> bool {
+        matches!(self.cfg, ValuationConfig::Feed { .. })
+    }
+
     /// Values a spend. `price_block` is the block to read a feed at (the spend's own
     /// block, or a later one for a held spend); `block_time` that block's timestamp.
     ///
