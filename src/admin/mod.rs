@@ -9,7 +9,8 @@
 //! - [`config`]: [`AdminConfig`], the socket's path, mode, group, allowlist, limits.
 //! - [`server`]: binding (directory checks, stale socket removal, mode set before the
 //!   socket is visible), connections (peer uid allowlist, size limit, idle timeout,
-//!   write timeout, a semaphore on their number), framing and dispatch.
+//!   write timeout, a semaphore on their number) and dispatch.
+//! - [`frame`]: cutting complete JSON values off the front of the read buffer.
 //! - [`methods`]: the `budget_*`, `tracker_*`, `session_*`, `chain_limits` and
 //!   `sync_status` methods, and the `budget_subscribe` notifications.
 //! - [`codes`]: engine errors as stable wire codes; protocol errors.
@@ -24,6 +25,7 @@
 
 pub mod codes;
 pub mod config;
+pub mod frame;
 pub mod methods;
 pub mod server;
 

@@ -10,7 +10,6 @@
 //! close the connection (after an error answer where there is one to give).
 
 use std::future::Future;
-use std::ops::Range;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -34,6 +33,7 @@ use tokio::time::timeout;
 
 use super::codes::{REQUEST_TOO_LARGE, invalid_request, parse_error};
 use super::config::{AdminConfig, SocketGroup};
+use super::frame::{Frame, next_frame};
 use super::{AdminState, methods};
 
 /// How long writing one answer may take before the client counts as stuck.
@@ -286,33 +286,6 @@ fn resolve_group(group: &SocketGroup) -> Result<u32, AdminError> {
         .find(|(n, _)| n == name)
         .and_then(|(_, gid)| gid.parse().ok())
         .ok_or_else(|| AdminError::UnknownGroup(name.clone()))
-}
-
-/// What the front of the read buffer holds.
-enum Frame {
-    /// A complete value at this range.
-    Value(Range<usize>),
-    /// Only whitespace, or the start of a value.
-    Incomplete,
-    /// Not JSON.
-    Invalid,
-    /// A value (complete or not) longer than the limit.
-    TooLarge,
-}
-
-fn next_frame(buf: &[u8], max: usize) -> Frame {
-    let Some(start) = buf.iter().position(|b| !b.is_ascii_whitespace()) else {
-        return Frame::Incomplete;
-    };
-    let mut values = serde_json::Deserializer::from_slice(&buf[start..]).into_iter::<&RawValue>();
-    match values.next() {
-        None => Frame::Incomplete,
-        Some(Ok(_)) if values.byte_offset() > max => Frame::TooLarge,
-        Some(Ok(_)) => Frame::Value(start..start + values.byte_offset()),
-        Some(Err(e)) if e.is_eof() && buf.len() - start > max => Frame::TooLarge,
-        Some(Err(e)) if e.is_eof() => Frame::Incomplete,
-        Some(Err(_)) => Frame::Invalid,
-    }
 }
 
 /// One client.
