@@ -404,6 +404,20 @@ impl Hook {
         self.send(self.spend_tx(account, session, amount)).await
     }
 
+    /// The transaction request of `spendMany(account, session, amount, count)`.
+    pub fn spend_many_tx(
+        &self,
+        account: Address,
+        session: Address,
+        amount: U256,
+        count: u64,
+    ) -> TransactionRequest {
+        self.contract
+            .spendMany(account, session, amount, U256::from(count))
+            .into_transaction_request()
+            .from(DEPLOYER)
+    }
+
     /// `spendMany`: `count` SpendRecorded logs of `amount` in one transaction.
     pub async fn spend_many(
         &self,
@@ -412,10 +426,8 @@ impl Hook {
         amount: U256,
         count: u64,
     ) -> TransactionReceipt {
-        let call = self
-            .contract
-            .spendMany(account, session, amount, U256::from(count));
-        self.send(call.into_transaction_request()).await
+        self.send(self.spend_many_tx(account, session, amount, count))
+            .await
     }
 
     pub async fn set_limits(
