@@ -42,6 +42,25 @@ async fn books_that_follow_the_chain_show_no_drift_and_a_phantom_spend_does() {
         ("40", "40", "40")
     );
 
+    // The cursor's block replaced by a reorg budgetd has not followed yet: the audit
+    // refuses (the contract is read at the cursor's hash) rather than show drift.
+    anvil.reorg(1, serde_json::json!([])).await;
+    let err = audit(&anvil.ws_url(), &[hook.address], &engine)
+        .await
+        .unwrap_err();
+    assert!(err.contains("getSpendState"), "{err}");
+    let run = Running::start(&engine, chain_config(&anvil.ws_url(), hook.address)).await;
+    wait_synced(&engine, &anvil, 0).await;
+    run.stop().await;
+    let report = audit(&anvil.ws_url(), &[hook.address], &engine).await.unwrap();
+    assert_eq!(report.drifting, 0, "repaired: {report:?}");
+    let s1 = report.sessions.iter().find(|s| s.session_key == S1).unwrap();
+    assert_eq!(
+        (s1.chain.as_str(), s1.confirmed.as_str()),
+        ("10", "10"),
+        "the reorg took S1's 30"
+    );
+
     // A spend the chain never saw (as a bug or a tampered file would leave behind).
     let cursor = engine.chain_cursor().unwrap();
     let phantom = ChainSpend {

@@ -101,7 +101,7 @@ async fn books_equal_the_chain_after_every_fault() {
     plan.truncate(rounds);
     for (round, fault) in plan.into_iter().enumerate() {
         let started = Instant::now();
-        let before = (daemon.status().await, proxy.stats().connections);
+        let before = (daemon.status().await, proxy.stats().count("eth_subscribe"));
         Box::pin(inject(fault, &mut rng, &mut anvil, &proxy, &spender, &mut daemon)).await;
         // Spends keep coming under whatever the fault left behind, then the check.
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
@@ -113,13 +113,33 @@ async fn books_equal_the_chain_after_every_fault() {
             &format!("{fault:?}"),
         ))
         .await;
-        assert_fault_seen(fault, before, (daemon.status().await, proxy.stats().connections));
+        assert_fault_seen(
+            fault,
+            before,
+            (daemon.status().await, proxy.stats().count("eth_subscribe")),
+        );
         println!(
             "round {round:>3} {fault:<18?} ok: {entries} entries to block {block}, {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
     spender.stop().await;
+    // The periodic audit (every second, through every fault) never saw drift either.
+    let deadline = Instant::now() + WAIT;
+    while daemon.drift_samples().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no budgetd_audit_drift samples\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        !log.contains("the books differ"),
+        "the periodic audit saw drift\n{}",
+        daemon.log()
+    );
     let status = daemon.admin().await.call("sync_status", json!([])).await.unwrap();
     println!("sync status at the end: {status}");
     daemon.kill();
@@ -198,14 +218,15 @@ async fn inject(
 }
 
 /// The fault happened and budgetd went through it: its `sync_status` counters (which
-/// start afresh with each process) and the proxy's count of connections, before and after.
+/// start afresh with each process) and the proxy's count of `eth_subscribe`, before and after.
 fn assert_fault_seen(fault: Fault, before: (Value, u64), after: (Value, u64)) {
     let grew = |key: &str| after.0[key].as_u64() > before.0[key].as_u64();
     let seen = match fault {
         Fault::KillDuringBackfill | Fault::KillLive => true,
         Fault::ShallowReorg => after.0["reorgs"] == before.0["reorgs"],
         Fault::DeepReorg => grew("reorgs"),
-        // The websocket client reconnects by itself: seen by the proxy, not in `reconnects`.
+        // The websocket client reconnects and subscribes again by itself: seen by the
+        // proxy, not in `reconnects`.
         Fault::NodeRestart | Fault::WsDrop => after.1 > before.1,
         Fault::FlakyProvider => grew("rpcErrors"),
     };
@@ -267,6 +288,11 @@ async fn check_books(
     assert!(
         spender.sent.load(Ordering::Relaxed) > 0 && entries > 0,
         "the spender made spends"
+    );
+    let drift = daemon.drift_samples().await;
+    assert!(
+        drift.iter().all(|l| l.ends_with(" 0")),
+        "{round}: budgetd_audit_drift: {drift:?}"
     );
     (entries, target)
 }
@@ -413,6 +439,7 @@ struct Budgetd {
     child: Option<Child>,
     config: PathBuf,
     socket: PathBuf,
+    metrics: std::net::SocketAddr,
     log: PathBuf,
     starts: u32,
 }
@@ -421,14 +448,18 @@ impl Budgetd {
     fn new(dir: &Path, rpc_url: &str, hook: Address) -> Self {
         let config = dir.join("budgetd.toml");
         let socket = dir.join("admin.sock");
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         std::fs::write(
             &config,
             format!(
                 "data_dir = {:?}\nlog_format = \"json\"\n[budget]\ndefault_max = \"1000000\"\n\
-                 [metrics]\nenabled = false\n[admin]\nsocket_path = {socket:?}\n\
+                 [metrics]\nlisten = \"{metrics}\"\n[admin]\nsocket_path = {socket:?}\n\
                  [chain]\nrpc_url = \"{rpc_url}\"\nhook_addresses = [\"{hook:#x}\"]\n\
                  confirmations = {CONFIRMATIONS}\ninitial_range = 2\nmax_range = 16\n\
-                 poll_interval_ms = 100\nstall_timeout_secs = 5\naudit_interval_secs = 0\n",
+                 poll_interval_ms = 100\nstall_timeout_secs = 5\naudit_interval_secs = 1\n",
                 dir.join("data"),
             ),
         )
@@ -437,6 +468,7 @@ impl Budgetd {
             child: None,
             config,
             socket,
+            metrics,
             log: dir.join("budgetd.log"),
             starts: 0,
         }
@@ -511,6 +543,21 @@ impl Budgetd {
     /// The daemon's `sync_status` counters (they start at zero with each process).
     async fn status(&self) -> Value {
         self.admin().await.call("sync_status", json!([])).await.unwrap()
+    }
+
+    /// The `budgetd_audit_drift` samples the daemon exports (none until its first audit).
+    async fn drift_samples(&self) -> Vec<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body.lines()
+            .filter(|l| l.starts_with("budgetd_audit_drift{"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The last lines of the daemon's log (for failure messages).

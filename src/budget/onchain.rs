@@ -267,6 +267,15 @@ struct CursorRecord {
 }
 impl Codec for CursorRecord {}
 
+impl From<CursorRecord> for Cursor {
+    fn from(c: CursorRecord) -> Self {
+        Self {
+            number: c.number,
+            hash: B256::from(c.hash),
+        }
+    }
+}
+
 /// Reads the chain state.
 ///
 /// # Errors
@@ -292,11 +301,7 @@ pub fn load_chain(db: &Database) -> Result<ChainState, Error> {
             .insert((block, id.to_owned()), HeldSpend::decode(v.value())?);
     }
     if let Some(v) = meta.get("cursor")? {
-        let c = CursorRecord::decode(v.value())?;
-        st.cursor = Some(Cursor {
-            number: c.number,
-            hash: B256::from(c.hash),
-        });
+        st.cursor = Some(CursorRecord::decode(v.value())?.into());
     }
     for row in read.open_table(BLOCK_TO_HASH)?.iter()? {
         let (k, v) = row?;
@@ -323,10 +328,23 @@ pub fn load_chain(db: &Database) -> Result<ChainState, Error> {
     Ok(st)
 }
 
-/// What budgetd holds per session, in raw amounts (what the contract counted):
-/// posted to tasks, waiting unbound, held back for valuation.
+/// The books of the on-chain spend at one instant (one read transaction): the cursor
+/// and, per session, the confirmed total and where its spends are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Books {
+    /// The last block whose spends are all taken in.
+    pub cursor: Option<Cursor>,
+    /// Per session (`account:sessionKey`).
+    pub sessions: BTreeMap<String, SessionBreakdown>,
+}
+
+/// What budgetd holds per session, in raw amounts (what the contract counted): its
+/// confirmed total, and the spends behind it posted to tasks, waiting unbound, held
+/// back for valuation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionBreakdown {
+    /// The confirmed on-chain total kept for the session.
+    pub confirmed: BigUint,
     /// Raw amounts of entries posted to tasks.
     pub posted: BigUint,
     /// Raw amounts waiting for a binding.
@@ -335,11 +353,12 @@ pub struct SessionBreakdown {
     pub held: BigUint,
 }
 
-/// Walks every on-chain spend taken in and sums it per session by where it is.
+/// Reads the [`Books`]: the cursor and the session totals, and every on-chain spend
+/// taken in summed per session by where it is, all from one read transaction.
 ///
 /// # Errors
 /// [`Error::Storage`].
-pub fn breakdown(db: &Database) -> Result<BTreeMap<String, SessionBreakdown>, Error> {
+pub fn books(db: &Database) -> Result<Books, Error> {
     use super::store::{ENTRY_ID_TO_TASK_SEQ, TASK_SEQ_TO_ENTRY};
     let read = db.begin_read()?;
     let (ids, entries) = (
@@ -366,5 +385,16 @@ pub fn breakdown(db: &Database) -> Result<BTreeMap<String, SessionBreakdown>, Er
             b.unbound += EntryRecord::decode(u.value())?.raw_amount();
         }
     }
-    Ok(out)
+    for row in read.open_table(SESSION_TO_ONCHAIN_TOTAL)?.iter()? {
+        let (k, v) = row?;
+        out.entry(k.value().to_owned()).or_default().confirmed = BigUint::from_bytes_be(v.value());
+    }
+    let cursor = match read.open_table(CHAIN_META)?.get("cursor")? {
+        Some(v) => Some(CursorRecord::decode(v.value())?.into()),
+        None => None,
+    };
+    Ok(Books {
+        cursor,
+        sessions: out,
+    })
 }

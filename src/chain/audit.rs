@@ -2,13 +2,13 @@
 //!
 //! For every session budgetd knows, the contract's `getSpendState(account,
 //! sessionKey).cumulativeSpent`, read by `eth_call` at the cursor block (the last block
-//! budgetd has posted), must equal budgetd's confirmed total for that session; and that
+//! budgetd has posted, by hash), must equal budgetd's confirmed total for that session; and that
 //! total must equal what budgetd holds for it: raw amounts posted to tasks, waiting
 //! unbound, and held back for valuation. Any difference is drift.
 
 use std::time::Duration;
 
-use alloy::eips::BlockId;
+use alloy::eips::{BlockId, RpcBlockHash};
 use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder, WsConnect};
 use num_bigint::{BigInt, BigUint};
@@ -80,33 +80,40 @@ pub async fn audit_with(
     hooks: &[Address],
     engine: &Engine,
 ) -> Result<AuditReport, String> {
-    let cursor = engine.chain_cursor().ok_or("nothing synced yet: no cursor")?;
-    let breakdown = engine.session_breakdown().await.map_err(|e| e.to_string())?;
+    // One snapshot: the cursor and the books as of that block, never a mix of two
+    // commits while spends keep coming.
+    let books = engine.books().await.map_err(|e| e.to_string())?;
+    let cursor = books.cursor.ok_or("nothing synced yet: no cursor")?;
+    // The contract is read at the cursor's hash: if a reorg replaced that block and
+    // budgetd has not repaired it yet, the node refuses rather than drift being shown.
+    let at = BlockId::Hash(RpcBlockHash {
+        block_hash: cursor.hash,
+        require_canonical: Some(true),
+    });
     let mut sessions = Vec::new();
-    for (session, confirmed, _) in engine.session_totals() {
+    for (session, ours) in books.sessions {
         let (account, session_key) = parse_session(&session)?;
         let mut chain = U256::ZERO;
         for &hook in hooks {
             let state = SpendingHook::new(hook, provider)
                 .getSpendState(account, session_key)
-                .block(BlockId::number(cursor.number))
+                .block(at)
                 .call()
                 .await
                 .map_err(|e| format!("getSpendState({session}) at block {}: {e}", cursor.number))?;
             chain += state.cumulativeSpent;
         }
-        let held_by_us = breakdown.get(&session).cloned().unwrap_or_default();
         let chain = u256_to_big(chain);
-        let inner = &held_by_us.posted + &held_by_us.unbound + &held_by_us.held;
-        let drift = signed(&confirmed) - signed(&chain) + (signed(&inner) - signed(&confirmed));
+        let inner = &ours.posted + &ours.unbound + &ours.held;
+        let drift = signed(&ours.confirmed) - signed(&chain) + (signed(&inner) - signed(&ours.confirmed));
         sessions.push(SessionAudit {
             account,
             session_key,
             chain: chain.to_string(),
-            confirmed: confirmed.to_string(),
-            posted: held_by_us.posted.to_string(),
-            unbound: held_by_us.unbound.to_string(),
-            held: held_by_us.held.to_string(),
+            confirmed: ours.confirmed.to_string(),
+            posted: ours.posted.to_string(),
+            unbound: ours.unbound.to_string(),
+            held: ours.held.to_string(),
             drift: drift.to_string(),
         });
     }

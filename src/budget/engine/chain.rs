@@ -141,16 +141,15 @@ impl Engine {
         self.chain_state(|c| c.limits.values().cloned().collect())
     }
 
-    /// Per session, the raw on-chain amounts posted, unbound and held, read from the
-    /// store (every spend taken in is visited: for audits, not hot paths).
+    /// The cursor and, per session, the confirmed total and the raw amounts posted,
+    /// unbound and held, all from one read of the store (every spend taken in is
+    /// visited: for audits, not hot paths).
     ///
     /// # Errors
     /// A storage error.
-    pub async fn session_breakdown(
-        &self,
-    ) -> Result<std::collections::BTreeMap<String, onchain::SessionBreakdown>, Error> {
+    pub async fn books(&self) -> Result<onchain::Books, Error> {
         let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || onchain::breakdown(&db))
+        tokio::task::spawn_blocking(move || onchain::books(&db))
             .await
             .map_err(|e| Error::Storage(e.to_string()))?
     }
