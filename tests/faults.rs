@@ -85,6 +85,8 @@ async fn books_equal_the_chain_after_every_fault() {
     let spender = Spender::start(&anvil, &hook).await;
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Budgetd::new(dir.path(), &proxy.url(), hook.address);
+    // anvil has no state for blocks before its last restart, so cannot reorg past it.
+    let mut restarted_at = 0;
 
     // A first backfill of what was spent before budgetd ever ran, killed part way.
     spender.burst(&anvil, 60).await;
@@ -103,7 +105,16 @@ async fn books_equal_the_chain_after_every_fault() {
     for (round, fault) in plan.into_iter().enumerate() {
         let started = Instant::now();
         let before = (daemon.status().await, proxy.stats().count("eth_subscribe"));
-        Box::pin(inject(fault, &mut rng, &mut anvil, &proxy, &spender, &mut daemon)).await;
+        Box::pin(inject(
+            fault,
+            &mut rng,
+            &mut anvil,
+            &proxy,
+            &spender,
+            &mut daemon,
+            &mut restarted_at,
+        ))
+        .await;
         // Spends keep coming under whatever the fault left behind, then the check.
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
         let (entries, block) = Box::pin(check_books(
@@ -153,6 +164,7 @@ async fn inject(
     proxy: &Proxy,
     spender: &Spender,
     daemon: &mut Budgetd,
+    restarted_at: &mut u64,
 ) {
     match fault {
         Fault::KillDuringBackfill => {
@@ -181,6 +193,10 @@ async fn inject(
                 rng.random_range(CONFIRMATIONS + 1..=CONFIRMATIONS + 4)
             };
             let mut sender = spender.pause().await;
+            let head = anvil.block_number().await;
+            if head < *restarted_at + depth + 1 {
+                anvil.mine(*restarted_at + depth + 1 - head).await;
+            }
             // From a cursor right at the confirmation depth, a deeper reorg replaces
             // posted blocks and a shallower one only blocks still in the window.
             daemon.synced(anvil, "before the reorg").await;
@@ -197,6 +213,7 @@ async fn inject(
         Fault::NodeRestart => {
             let mut sender = spender.pause().await;
             anvil.restart();
+            *restarted_at = anvil.block_number().await;
             *sender = fresh_sender(anvil).await;
         }
         Fault::WsDrop => proxy.disconnect_all(),
