@@ -74,8 +74,14 @@ impl Amount {
             if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(AmountError::Malformed(s.to_owned()));
             }
+            if significant(hex) > U256_HEX_DIGITS {
+                return Err(AmountError::TooLarge);
+            }
             BigUint::from_str_radix(hex, 16).map_err(|_| AmountError::Malformed(s.to_owned()))?
         } else if s.bytes().all(|b| b.is_ascii_digit()) {
+            if significant(s) > U256_DECIMAL_DIGITS {
+                return Err(AmountError::TooLarge);
+            }
             BigUint::from_str_radix(s, 10).map_err(|_| AmountError::Malformed(s.to_owned()))?
         } else if s
             .bytes()
@@ -192,6 +198,16 @@ impl fmt::Display for SignedAmount {
     }
 }
 
+/// Digits in 2^256 - 1, decimal and hex: more significant digits are too large
+/// whatever they are, so a long string is refused before it is converted.
+const U256_DECIMAL_DIGITS: usize = 78;
+const U256_HEX_DIGITS: usize = 64;
+
+/// Digits after any leading zeros.
+fn significant(digits: &str) -> usize {
+    digits.trim_start_matches('0').len()
+}
+
 /// Parses a decimal string in a unit with `decimals` fraction digits into base units:
 /// `parse_decimal("10.00", 6)` is 10,000,000.
 ///
@@ -215,6 +231,9 @@ pub fn parse_decimal(s: &str, decimals: u32) -> Result<BigUint, AmountError> {
             value: s.to_owned(),
             decimals,
         });
+    }
+    if significant(whole) > U256_DECIMAL_DIGITS {
+        return Err(AmountError::TooLarge);
     }
     let padded = format!("{whole}{frac:0<width$}", width = decimals as usize);
     let value = BigUint::from_str_radix(&padded, 10).map_err(|_| AmountError::Malformed(s.to_owned()))?;
@@ -285,6 +304,29 @@ mod tests {
         assert_eq!(parse_decimal("-1", 6), Err(AmountError::Negative));
         assert!(parse_decimal("1.2.3", 6).is_err());
         assert!(parse_decimal(".", 6).is_err());
+    }
+
+    /// A request may carry a megabyte of digits: refused by their count, not converted.
+    #[test]
+    fn long_digit_strings_are_refused_before_conversion() {
+        let max = "115792089237316195423570985008687907853269984665640564039457584007913129639935";
+        assert_eq!(Amount::parse(max).unwrap().0.bits(), 256);
+        assert_eq!(Amount::parse(&format!("000{max}")).unwrap().0.bits(), 256);
+        let long = "9".repeat(1 << 20);
+        assert_eq!(Amount::parse(&long), Err(AmountError::TooLarge));
+        assert_eq!(
+            Amount::parse(&format!("0x{}", "f".repeat(65))),
+            Err(AmountError::TooLarge)
+        );
+        assert_eq!(
+            Amount::parse(&format!("0x{}", "f".repeat(64))).unwrap().0.bits(),
+            256
+        );
+        assert_eq!(parse_decimal(&format!("{long}.5"), 6), Err(AmountError::TooLarge));
+        assert_eq!(
+            parse_decimal(&format!("{}1.5", "0".repeat(1000)), 6).unwrap(),
+            BigUint::from(1_500_000u32)
+        );
     }
 
     #[test]
