@@ -187,14 +187,19 @@ mod tests {
             ),
             ("[chain]\nhook_addresses = [\"0xnope\"]", "chain.hook_addresses"),
         ];
-        for (text, key) in cases {
-            let err = Config::load(Some(&write(&dir, text)), &json!({}))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "{text}: {err}");
-        }
-        let err = Config::load(Some(Path::new("/no/such.toml")), &json!({})).unwrap_err();
-        assert!(err.to_string().contains("not found"));
+        // In a Jail too: the Jail's lock keeps another test's BUDGETD_* variables out
+        // (BUDGETD_BUDGET__HARD_LIMIT would override the bad value below).
+        figment::Jail::expect_with(|_| {
+            for (text, key) in cases {
+                let err = Config::load(Some(&write(&dir, text)), &json!({}))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key), "{text}: {err}");
+            }
+            let err = Config::load(Some(Path::new("/no/such.toml")), &json!({})).unwrap_err();
+            assert!(err.to_string().contains("not found"));
+            Ok(())
+        });
     }
 
     #[test]
