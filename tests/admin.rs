@@ -129,10 +129,16 @@ impl Client {
         self.read().await.expect("an answer")
     }
 
-    /// True when the server closed the connection.
+    /// True when the server closed the connection. A reset counts: Linux reports
+    /// ECONNRESET to the peer of a Unix socket closed with unread data (the rest of
+    /// an oversized request), unless a write of the peer's consumed it first.
     async fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(timeout(WAIT, self.rd.read_to_end(&mut rest)).await, Ok(Ok(_)))
+        match timeout(WAIT, self.rd.read_to_end(&mut rest)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Err(_) => false,
+        }
     }
 }
 
