@@ -522,7 +522,7 @@ fn memory(max_entries: u64) -> Vec<Row> {
                 "memory: RSS with {names} entries (10,000 budgets; filled at {rate:.0} durable records/s)"
             ),
             format!("{values} MiB"),
-            "flat (+<= 16 MiB), <= 64 MiB at 1M",
+            "flat (grows <= the 16 MiB redb cache), <= 64 MiB at 1M",
             Some(last - first <= 16.0 && last <= 64.0),
         ),
         row(
