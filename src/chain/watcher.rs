@@ -115,6 +115,9 @@ pub enum SyncError {
     Rpc(String),
 }
 
+/// A range's logs and its top block, or why not.
+type Fetched = Result<(Vec<Log>, BlockRef), Fail>;
+
 /// A block's identity.
 #[derive(Debug, Clone, Copy)]
 struct BlockRef {
@@ -356,16 +359,36 @@ impl Watcher {
         self.status.send_modify(|s| s.head = Some(head));
         self.check_reorg(p).await?;
         let safe = head.saturating_sub(self.confirmations);
+        // The next range is fetched while the current one is written: (from, to, result).
+        let mut ahead: Option<(u64, u64, Fetched)> = None;
         loop {
             let from = self.next_block();
             if from > safe {
                 break;
             }
-            let to = safe.min(from.saturating_add(self.sizer.size() - 1));
-            match self.fetch(p, from, to).await {
+            let (to, fetched) = match ahead.take() {
+                Some((f, to, r)) if f == from => (to, r),
+                _ => {
+                    let to = safe.min(from.saturating_add(self.sizer.size() - 1));
+                    (to, self.fetch(p, from, to, self.cursor_below(from)).await)
+                }
+            };
+            match fetched {
                 Ok((logs, top)) => {
                     self.sizer.succeeded();
-                    self.post(p, from, top, logs).await?;
+                    let next = top.number + 1;
+                    if next > safe {
+                        self.post(p, from, top, logs).await?;
+                        continue;
+                    }
+                    // Checked against this range's top, which is not the cursor yet.
+                    let next_to = safe.min(next.saturating_add(self.sizer.size() - 1));
+                    let (posted, next_fetched) = tokio::join!(
+                        self.post(p, from, top, logs),
+                        self.fetch(p, next, next_to, Some(top.hash))
+                    );
+                    posted?;
+                    ahead = Some((next, next_to, next_fetched));
                 }
                 Err(Fail::TooLarge(suggested)) => {
                     tracing::debug!(from, to, ?suggested, "range too large; shrinking");
@@ -383,7 +406,7 @@ impl Watcher {
         }
         self.tracker.rollback_above(safe);
         if head > safe {
-            match self.fetch(p, safe + 1, head).await {
+            match self.fetch(p, safe + 1, head, self.cursor_below(safe + 1)).await {
                 Ok((logs, _)) => {
                     for log in &logs {
                         if let Ok(Some(HookEvent::Spend(s))) = abi::decode(log) {
@@ -406,9 +429,17 @@ impl Watcher {
         Ok(())
     }
 
-    /// Logs of `from..=to`, consistent with one chain whose block `from - 1` is the
-    /// cursor; `Reorged` when the chain changed under the fetch.
-    async fn fetch(&self, p: &DynProvider, from: u64, to: u64) -> Result<(Vec<Log>, BlockRef), Fail> {
+    /// The cursor's hash when the cursor is block `from - 1`.
+    fn cursor_below(&self, from: u64) -> Option<B256> {
+        self.engine
+            .chain_cursor()
+            .filter(|c| c.number.saturating_add(1) == from)
+            .map(|c| c.hash)
+    }
+
+    /// Logs of `from..=to`, consistent with one chain whose block `from - 1` has hash
+    /// `parent` (when given); `Reorged` when the chain changed under the fetch.
+    async fn fetch(&self, p: &DynProvider, from: u64, to: u64, parent: Option<B256>) -> Fetched {
         let top = self.block(p, to).await?.ok_or(Fail::Reorged)?;
         let filter = if from == to {
             self.filter.clone().at_block_hash(top.hash)
@@ -419,15 +450,13 @@ impl Watcher {
         if from != to && self.block(p, to).await?.map(|b| b.hash) != Some(top.hash) {
             return Err(Fail::Reorged);
         }
-        if let Some(c) = self.engine.chain_cursor()
-            && c.number.saturating_add(1) == from
-        {
+        if let Some(expected) = parent {
             let parent = if from == to {
                 top.parent_hash
             } else {
                 self.block(p, from).await?.ok_or(Fail::Reorged)?.parent_hash
             };
-            if parent != c.hash {
+            if parent != expected {
                 return Err(Fail::Reorged);
             }
         }
@@ -436,7 +465,7 @@ impl Watcher {
 
     /// Feeds a confirmed range to the tracker and has the reconciler post it with the
     /// cursor at `top`.
-    async fn post(&mut self, p: &DynProvider, from: u64, top: BlockRef, logs: Vec<Log>) -> Result<(), Fail> {
+    async fn post(&self, p: &DynProvider, from: u64, top: BlockRef, logs: Vec<Log>) -> Result<(), Fail> {
         // Whatever the tracker holds for these blocks came from an earlier look at the
         // unconfirmed window; what was just fetched replaces it.
         self.tracker.rollback_above(from.saturating_sub(1));
