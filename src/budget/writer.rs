@@ -6,7 +6,7 @@
 //! reservations can never both see the same `remaining`. Batching makes durable
 //! writes cheap: N concurrent callers share one fsync.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -211,6 +211,7 @@ fn apply_all(db: &Database, shared: &Shared, ops: Vec<Op>, sweep: bool) -> Resul
             tables: Tables::open(&txn)?,
             overlay: BTreeMap::new(),
             chain: None,
+            dirty_totals: BTreeSet::new(),
             shared,
             now: now_ms(),
             events: Vec::new(),
@@ -225,6 +226,12 @@ fn apply_all(db: &Database, shared: &Shared, ops: Vec<Op>, sweep: bool) -> Resul
                 r => results.push(r),
             }
         }
+        // Each touched budget and session total is written once, however many ops
+        // changed it.
+        for b in batch.overlay.values() {
+            batch.tables.put_budget(b)?;
+        }
+        batch.flush_totals()?;
         Applied {
             results,
             budgets: batch.overlay,
@@ -237,12 +244,15 @@ fn apply_all(db: &Database, shared: &Shared, ops: Vec<Op>, sweep: bool) -> Resul
 }
 
 /// One transaction's work in progress: the budgets it touched (copies of the committed
-/// state plus this batch's changes) and the notifications to send once it commits.
+/// state plus this batch's changes, written when the batch ends) and the notifications
+/// to send once it commits.
 pub(super) struct Batch<'a, 'txn> {
     pub(super) tables: Tables<'txn>,
     pub(super) overlay: BTreeMap<String, BudgetState>,
     /// The chain state as this batch changed it; `None` when untouched.
     pub(super) chain: Option<ChainState>,
+    /// Sessions whose on-chain total this batch changed (written when it ends).
+    pub(super) dirty_totals: BTreeSet<String>,
     pub(super) shared: &'a Shared,
     pub(super) now: Millis,
     pub(super) events: Vec<Notification>,
@@ -287,10 +297,7 @@ impl Batch<'_, '_> {
                 let b = self.budget(&task_id)?;
                 b.progress = progress;
                 b.updated_ms = now;
-                let view = b.view(now);
-                let b = self.overlay[&task_id].clone();
-                self.tables.put_budget(&b)?;
-                Ok(Done::Budget(view))
+                Ok(Done::Budget(b.view(now)))
             }
             Op::Close { task_id } => self.close(&task_id),
         }
@@ -315,7 +322,6 @@ impl Batch<'_, '_> {
             return Err(Error::Exists);
         }
         let b = BudgetState::new(task_id.clone(), total, unit, self.now);
-        self.tables.put_budget(&b)?;
         let view = b.view(self.now);
         self.overlay.insert(task_id, b);
         Ok(Done::Budget(view))
@@ -382,12 +388,11 @@ impl Batch<'_, '_> {
         }
         let seq = b.next_seq;
         let (fired, exhausted) = b.apply_spend(&entry.amount.0, thresholds, now);
-        let b = b.clone();
+        let view = b.view(now);
         if let Some(id) = &reservation {
             self.tables.remove_hold(id)?;
         }
         self.tables.put_entry(task_id, seq, &entry, timestamp_ms)?;
-        self.tables.put_budget(&b)?;
         for &ppm in &fired {
             self.tables.put_fired(task_id, ppm, now)?;
             self.events.push(Notification::Alert {
@@ -404,7 +409,7 @@ impl Batch<'_, '_> {
             entry,
             already_recorded: false,
             alerts: fired.into_iter().map(ppm_to_fraction).collect(),
-            budget: b.view(now),
+            budget: view,
         })
     }
 
@@ -420,9 +425,7 @@ impl Batch<'_, '_> {
         };
         b.holds.insert(id.clone(), hold.clone());
         b.updated_ms = now;
-        let b = b.clone();
         self.tables.put_hold(&id, task_id, &hold)?;
-        self.tables.put_budget(&b)?;
         Ok(Done::Reserved(Reservation {
             id,
             task_id: task_id.to_owned(),
@@ -440,8 +443,6 @@ impl Batch<'_, '_> {
         if let Ok(b) = self.budget(&rec.task_id) {
             b.holds.remove(id);
             b.updated_ms = now;
-            let b = b.clone();
-            self.tables.put_budget(&b)?;
         }
         Ok(Done::Released(live))
     }
@@ -456,12 +457,11 @@ impl Batch<'_, '_> {
         b.updated_ms = now;
         // A closed budget holds nothing.
         let holds: Vec<String> = std::mem::take(&mut b.holds).into_keys().collect();
-        let b = b.clone();
+        let report = b.report(now);
         for id in holds {
             self.tables.remove_hold(&id)?;
         }
-        self.tables.put_budget(&b)?;
-        Ok(Done::Report(b.report(now)))
+        Ok(Done::Report(report))
     }
 
     /// Deletes reservations that expired. They stopped counting when they expired;

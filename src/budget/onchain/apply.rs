@@ -190,16 +190,40 @@ impl Batch<'_, '_> {
         Ok(())
     }
 
+    /// Changes a session's total in memory; [`Self::flush_totals`] writes it once per batch.
     fn add_total(&mut self, session: &str, amount: &BigUint, add: bool) -> Result<(), Error> {
-        let total = self.chain_mut().totals.entry(session.to_owned()).or_default();
+        let totals = &mut self.chain_mut().totals;
+        let total = match totals.get_mut(session) {
+            Some(t) => t,
+            None => totals.entry(session.to_owned()).or_default(),
+        };
         if add {
             *total += amount;
         } else {
             let take = amount.min(&*total).clone();
             *total -= take;
         }
-        let bytes = total.to_bytes_be();
-        self.tables.session_totals.insert(session, bytes.as_slice())?;
+        if !self.dirty_totals.contains(session) {
+            self.dirty_totals.insert(session.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Writes the session totals this batch changed.
+    pub(in crate::budget) fn flush_totals(&mut self) -> Result<(), Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(());
+        };
+        for session in std::mem::take(&mut self.dirty_totals) {
+            let bytes = chain
+                .totals
+                .get(&session)
+                .map(BigUint::to_bytes_be)
+                .unwrap_or_default();
+            self.tables
+                .session_totals
+                .insert(session.as_str(), bytes.as_slice())?;
+        }
         Ok(())
     }
 
@@ -292,8 +316,6 @@ impl Batch<'_, '_> {
         b.spent -= amount.clone().min(b.spent.clone());
         b.entry_count = b.entry_count.saturating_sub(1);
         b.updated_ms = now;
-        let b = b.clone();
-        self.tables.put_budget(&b)?;
         Ok(rec.raw_amount())
     }
 
