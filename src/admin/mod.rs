@@ -11,6 +11,8 @@
 //!   socket is visible), connections (peer uid allowlist, size limit, idle timeout,
 //!   write timeout, a semaphore on their number) and dispatch.
 //! - [`frame`]: cutting complete JSON values off the front of the read buffer.
+//! - `conn`: one connection: its requests run concurrently, answers written as they
+//!   complete.
 //! - [`methods`]: the `budget_*`, `tracker_*`, `session_*`, `chain_limits` and
 //!   `sync_status` methods, and the `budget_subscribe` notifications.
 //! - [`codes`]: engine errors as stable wire codes; protocol errors.
@@ -25,6 +27,7 @@
 
 pub mod codes;
 pub mod config;
+mod conn;
 pub mod frame;
 pub mod methods;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The engine handle: the seed's `Engine` API over the durable store.
 //!
 //! Reads (`check`, `get`, `list`, `burn_rate`) answer from the last committed state in
-//! memory; every change is sent to the single writer (see [`super::writer`]) and
+//! memory; every change is sent to the single writer (see `writer`) and
 //! returns once it is durable.
 
 use std::path::{Path, PathBuf};

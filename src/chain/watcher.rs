@@ -1,6 +1,6 @@
 //! The watcher: backfill, live following, reconnects and reorg repair.
 //!
-//! The websocket is only a hint. Every pass ([`Watcher::catch_up`]) asks the node for
+//! The websocket is only a hint. Every pass (`Watcher::catch_up`) asks the node for
 //! its head and fetches `eth_getLogs` from the cursor + 1 to the confirmed block in
 //! adaptive ranges, so a missed notification, a dropped connection or a restart leaves
 //! no gap: the next pass starts where the store's cursor says.
