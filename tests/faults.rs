@@ -2,7 +2,8 @@
 //! fault-injecting proxy while spends keep coming, and each round injects one fault:
 //! kill -9 during a catch-up backfill or live, a reorg below or above the confirmation
 //! depth, a node restart, dropped websockets, or a proxy that delays, rate limits
-//! (429 / -32005) and refuses large log queries ("more than 10000 results").
+//! (429 / -32005) and refuses large log queries ("more than 10000 results"), or one that
+//! swallows requests without an answer.
 //!
 //! After every round the spender pauses and the books must equal the chain: the
 //! daemon's audit shows zero drift at its cursor, and the number of entries equals the
@@ -27,7 +28,7 @@ use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::Filter;
 use budgetd::client::Client;
 use common::anvil::{Anvil, Hook};
-use common::proxy::{Faults, Proxy, RangeStyle, RateStyle};
+use common::proxy::{Faults, Proxy, RangeStyle, RateStyle, Stats};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -60,9 +61,11 @@ enum Fault {
     WsDrop,
     /// Delays, rate limits (429 / -32005) and "more than 10000 results" for a while.
     FlakyProvider,
+    /// Requests swallowed without an answer (they time out and are retried).
+    LossyProvider,
 }
 
-const ALL: [Fault; 7] = [
+const ALL: [Fault; 8] = [
     Fault::KillDuringBackfill,
     Fault::KillLive,
     Fault::ShallowReorg,
@@ -70,6 +73,7 @@ const ALL: [Fault; 7] = [
     Fault::NodeRestart,
     Fault::WsDrop,
     Fault::FlakyProvider,
+    Fault::LossyProvider,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +108,7 @@ async fn books_equal_the_chain_after_every_fault() {
     plan.truncate(rounds);
     for (round, fault) in plan.into_iter().enumerate() {
         let started = Instant::now();
-        let before = (daemon.status().await, proxy.stats().count("eth_subscribe"));
+        let before = (daemon.status().await, proxy.stats());
         Box::pin(inject(
             fault,
             &mut rng,
@@ -125,11 +129,7 @@ async fn books_equal_the_chain_after_every_fault() {
             &format!("{fault:?}"),
         ))
         .await;
-        assert_fault_seen(
-            fault,
-            before,
-            (daemon.status().await, proxy.stats().count("eth_subscribe")),
-        );
+        assert_fault_seen(fault, &before, &(daemon.status().await, proxy.stats()));
         println!(
             "round {round:>3} {fault:<18?} ok: {entries} entries to block {block}, {:.1} s",
             started.elapsed().as_secs_f64()
@@ -227,30 +227,48 @@ async fn inject(
                 rate_limit: 0.25,
                 rate_style,
                 delay: Duration::from_millis(rng.random_range(5..40)),
-                refuse: false,
+                ..Faults::default()
             });
             tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3000))).await;
+            proxy.set_faults(Faults::default());
+        }
+        Fault::LossyProvider => {
+            let dropped = proxy.stats().dropped;
+            proxy.set_faults(Faults {
+                drop: 0.2,
+                ..Faults::default()
+            });
+            // Until something was swallowed (budgetd polls every 100 ms, so soon).
+            let deadline = Instant::now() + WAIT;
+            while proxy.stats().dropped == dropped {
+                assert!(Instant::now() < deadline, "nothing went through the proxy");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             proxy.set_faults(Faults::default());
         }
     }
 }
 
 /// The fault happened and budgetd went through it: its `sync_status` counters (which
-/// start afresh with each process) and the proxy's count of `eth_subscribe`, before and after.
-fn assert_fault_seen(fault: Fault, before: (Value, u64), after: (Value, u64)) {
+/// start afresh with each process) and what the proxy saw, before and after.
+fn assert_fault_seen(fault: Fault, before: &(Value, Stats), after: &(Value, Stats)) {
     let grew = |key: &str| after.0[key].as_u64() > before.0[key].as_u64();
+    let subscribes = |s: &Stats| s.count("eth_subscribe");
     let seen = match fault {
         Fault::KillDuringBackfill | Fault::KillLive => true,
         Fault::ShallowReorg => after.0["reorgs"] == before.0["reorgs"],
         Fault::DeepReorg => grew("reorgs"),
         // The websocket client reconnects and subscribes again by itself: seen by the
         // proxy, not in `reconnects`.
-        Fault::NodeRestart | Fault::WsDrop => after.1 > before.1,
+        Fault::NodeRestart | Fault::WsDrop => subscribes(&after.1) > subscribes(&before.1),
         Fault::FlakyProvider => grew("rpcErrors"),
+        // The swallowed request may have been the periodic audit's, not the watcher's.
+        Fault::LossyProvider => after.1.dropped > before.1.dropped,
     };
     assert!(
         seen,
-        "{fault:?} not seen as expected: before {before:?}, after {after:?}"
+        "{fault:?} not seen as expected: before {}, after {}",
+        before.0, after.0
     );
 }
 

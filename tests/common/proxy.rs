@@ -3,8 +3,8 @@
 //! Each client connection gets its own upstream websocket; text frames pass both ways. Requests
 //! (single or batched) are inspected against a shared, changeable [`Faults`] policy, which can answer
 //! oversized `eth_getLogs` with an Infura, Alchemy or plain "too many results" error, rate limit a
-//! fraction of requests, delay them, refuse new connections, and ([`Proxy::disconnect_all`]) drop
-//! every connection. Subscription notifications pass through untouched. [`Stats`] counts what was seen.
+//! fraction of requests, swallow a fraction without an answer, delay them, refuse new connections,
+//! and ([`Proxy::disconnect_all`]) drop every connection. Subscription notifications pass through untouched. [`Stats`] counts what was seen.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -52,6 +52,9 @@ pub struct Faults {
     pub delay: Duration,
     /// Close new connections right after accepting them.
     pub refuse: bool,
+    /// Fraction (0..=1) of single requests swallowed: never forwarded, never answered
+    /// (subscribe and unsubscribe excepted).
+    pub drop: f64,
 }
 
 /// What happened to one `eth_getLogs`.
@@ -79,6 +82,8 @@ pub struct Stats {
     pub get_logs: Vec<GetLogs>,
     /// Client connections accepted (refused ones included).
     pub connections: u64,
+    /// Requests swallowed by [`Faults::drop`].
+    pub dropped: u64,
 }
 
 impl Stats {
@@ -247,6 +252,9 @@ fn inspect(text: &str, shared: &Shared, batches: &mut Vec<PendingBatch>) -> (Opt
         return (Some(text.to_string()), None);
     };
     let Value::Array(requests) = value else {
+        if swallowed(&value, shared) {
+            return (None, None);
+        }
         return match injected_error(&value, shared) {
             Some(answer) => (None, Some(answer.to_string())),
             None => (Some(text.to_string()), None),
@@ -283,6 +291,17 @@ fn merge(text: &str, batches: &mut Vec<PendingBatch>) -> String {
         }
         None => text.to_string(),
     }
+}
+
+/// Whether the policy swallows this single request (counted in [`Stats::dropped`]).
+fn swallowed(request: &Value, shared: &Shared) -> bool {
+    let method = request["method"].as_str().unwrap_or("");
+    let rate = shared.faults.lock().unwrap().drop;
+    if method.ends_with("subscribe") || !rand::random_bool(rate.clamp(0.0, 1.0)) {
+        return false;
+    }
+    shared.stats.lock().unwrap().dropped += 1;
+    true
 }
 
 /// Counts one request and, if the policy says so, returns the error response to answer it with.
