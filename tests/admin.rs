@@ -6,7 +6,8 @@
 //! batches, cast-style requests without a newline, two requests in one write;
 //! subscriptions push alerts; oversized, malformed and idle clients are closed without
 //! disturbing others; the socket's mode, stale-socket handling and the uid allowlist;
-//! the metrics hook; and `cast rpc` against the socket.
+//! the connection cap (clients over it wait); the metrics hook; and `cast rpc` against
+//! the socket.
 
 mod common;
 
@@ -614,4 +615,25 @@ async fn cast_rpc_works() {
     assert_eq!(out.4["taskId"], "42", "{out:?}");
     assert_eq!(out.4["totalBudget"], "16", "{out:?}");
     d.shutdown().await;
+}
+
+/// Above `max_connections` a client waits in the backlog, not refused, and is served
+/// as soon as another leaves.
+#[tokio::test]
+async fn connections_over_the_cap_wait_their_turn() {
+    let d = Daemon::start_with(|c| c.max_connections = 1).await;
+    let mut first = d.client().await;
+    assert!(result(&first.call("budget_list", json!([])).await).is_object());
+    let mut second = d.client().await;
+    second
+        .send_raw(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"budget_list\",\"params\":[]}\n")
+        .await;
+    assert!(
+        timeout(Duration::from_millis(300), second.read()).await.is_err(),
+        "served while the only slot was taken"
+    );
+    drop(first);
+    let answer = second.read().await.expect("served once the first left");
+    assert_eq!(answer["id"], 2);
+    assert!(result(&answer).is_object());
 }
