@@ -347,6 +347,33 @@ async fn entry_ids_are_idempotency_keys() {
         "same id, other task"
     );
     assert_eq!(e.get("t").unwrap().entry_count, 1);
+
+    // The ids of on-chain spends are not for agents: taken first, the spend could
+    // never be posted.
+    let tx = format!("0x{}", "ab".repeat(32));
+    let taken = e
+        .record("t", SpendEntry::new(1).with_id(format!("31337:{tx}:0")), None)
+        .await;
+    assert!(
+        matches!(taken, Err(budgetd::budget::Error::ReservedId(_))),
+        "{taken:?}"
+    );
+    for free in [
+        format!("31337:{tx}"),
+        format!("x:{tx}:0"),
+        format!("31337:{tx}:0:1"),
+        "31337:0xab:0".into(),
+    ] {
+        assert!(
+            e.record("t", SpendEntry::new(1).with_id(free), None)
+                .await
+                .is_ok()
+        );
+    }
+    let posted = e
+        .post_onchain("t", SpendEntry::new(1).with_id(format!("31337:{tx}:0")))
+        .await;
+    assert!(posted.is_ok(), "{posted:?}");
 }
 
 #[tokio::test]

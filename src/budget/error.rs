@@ -79,6 +79,9 @@ pub enum Error {
         /// The entry id.
         id: String,
     },
+    /// An agent's entry id in the form of an on-chain spend's id.
+    #[error("entry id {0} is reserved for on-chain spends (chainId:txHash:logIndex)")]
+    ReservedId(String),
     /// The reservation id is unknown to the task it was used with.
     #[error("reservation {0} not found")]
     ReservationNotFound(String),
@@ -168,7 +171,7 @@ impl Error {
             Error::NotFound => ErrorKind::NotFound,
             Error::InvalidProgress(_) => ErrorKind::InvalidProgress,
             Error::Risk(_) => ErrorKind::Risk,
-            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::Conflict { .. } | Error::ReservedId(_) => ErrorKind::Conflict,
             Error::ReservationNotFound(_) => ErrorKind::ReservationNotFound,
             Error::InvalidTask(_) => ErrorKind::InvalidTask,
             Error::Config(_) => ErrorKind::Config,
