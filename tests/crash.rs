@@ -8,7 +8,11 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use budgetd::budget::SpendEntry;
+use alloy::primitives::{Address, B256, U256};
+use budgetd::budget::amount::Amount;
+use budgetd::budget::onchain::{ChainCommit, ChainSpend, Cursor, Valued};
+use budgetd::budget::types::Evidence;
+use budgetd::budget::{ErrorKind, SpendEntry};
 use common::{TestDb, n};
 use num_bigint::BigUint;
 
@@ -103,4 +107,58 @@ async fn kill_nine_loses_nothing_acknowledged() {
             .unwrap();
         assert!(again.already_recorded);
     }
+}
+
+/// A chain commit refused part way (here: a spend's id already taken with other
+/// content) writes nothing at all, not the spends before the refusal without their
+/// cursor.
+#[tokio::test]
+async fn a_chain_commit_refused_part_way_writes_nothing() {
+    let db = TestDb::new();
+    let e = db.open();
+    e.chain_init(31337, "usdc").await.unwrap();
+    let spend = |tx: u8| ChainSpend {
+        block: 5,
+        block_hash: B256::repeat_byte(5),
+        block_timestamp: None,
+        tx_hash: B256::repeat_byte(tx),
+        log_index: 0,
+        account: Address::repeat_byte(0xa1),
+        session_key: Address::repeat_byte(0xb1),
+        amount: U256::from(7),
+    };
+    let valued = || Valued {
+        amount: BigUint::from(7u32),
+        evidence: Evidence::native(Amount::from(7)),
+    };
+    let (first, second) = (spend(1), spend(2));
+    let task = first.session();
+    e.allocate(&task, Some(n(1000))).await.unwrap();
+    e.post_onchain(&task, SpendEntry::new(99).with_id(second.entry_id(31337)))
+        .await
+        .unwrap();
+    let refused = e
+        .commit_chain(ChainCommit {
+            chain_id: 31337,
+            spends: vec![(first, valued()), (second, valued())],
+            held: vec![],
+            limits: vec![],
+            hashes: vec![],
+            cursor: Some(Cursor {
+                number: 5,
+                hash: B256::repeat_byte(5),
+            }),
+            auto_allocate: true,
+            keep_hashes: 256,
+        })
+        .await;
+    assert_eq!(refused.map(drop).unwrap_err().kind(), ErrorKind::Storage);
+    assert_eq!(e.chain_cursor(), None);
+    assert!(e.session_totals().is_empty());
+    let b = e.get(&task).unwrap();
+    assert_eq!((b.spent.0, b.entry_count), (n(99), 1), "only the library's post");
+    drop(e);
+    let e = db.open();
+    assert_eq!(e.get(&task).unwrap().entry_count, 1, "nothing written either");
+    assert!(e.books().await.unwrap().sessions.is_empty());
 }

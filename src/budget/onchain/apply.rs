@@ -52,7 +52,13 @@ impl Batch<'_, '_> {
                 chain.unit = Some(unit);
                 Ok(ChainDone::Init)
             }
-            ChainOp::Commit(c) => self.commit(c).map(ChainDone::Committed),
+            // A commit writes as it goes: refused part way, it must take the whole
+            // transaction down with it (a storage-kind error does), or the spends
+            // before the refusal would stay without their cursor.
+            ChainOp::Commit(c) => self.commit(c).map(ChainDone::Committed).map_err(|e| match e {
+                Error::Storage(_) => e,
+                e => Error::Storage(format!("chain commit refused, nothing written: {e}")),
+            }),
             ChainOp::Revert { above, cursor } => self.revert(above, cursor).map(ChainDone::Reverted),
             ChainOp::Bind { session, binding } => self.bind(session, binding).map(ChainDone::Bound),
             ChainOp::Unbind { session } => {
