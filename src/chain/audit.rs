@@ -36,7 +36,7 @@ pub struct SessionAudit {
     pub unbound: String,
     /// Held back for valuation.
     pub held: String,
-    /// `confirmed - chain`, plus any gap between confirmed and posted + unbound + held.
+    /// `confirmed - chain`, or where those agree, `posted + unbound + held - confirmed`.
     pub drift: String,
 }
 
@@ -104,8 +104,11 @@ pub async fn audit_with(
             chain += state.cumulativeSpent;
         }
         let chain = u256_to_big(chain);
-        let inner = &ours.posted + &ours.unbound + &ours.held;
-        let drift = signed(&ours.confirmed) - signed(&chain) + (signed(&inner) - signed(&ours.confirmed));
+        let drift = drift(
+            &chain,
+            &ours.confirmed,
+            &(&ours.posted + &ours.unbound + &ours.held),
+        );
         sessions.push(SessionAudit {
             account,
             session_key,
@@ -129,6 +132,18 @@ fn signed(v: &BigUint) -> BigInt {
     BigInt::from(v.clone())
 }
 
+/// `confirmed - chain` where the contract and the confirmed total differ; otherwise
+/// `held_by_us - confirmed` (posted + unbound + held against the total). The two are
+/// not summed: their sum is `held_by_us - chain`, which hides a wrong total matched
+/// by a wrong breakdown.
+fn drift(chain: &BigUint, confirmed: &BigUint, held_by_us: &BigUint) -> BigInt {
+    if confirmed != chain {
+        signed(confirmed) - signed(chain)
+    } else {
+        signed(held_by_us) - signed(confirmed)
+    }
+}
+
 fn parse_session(session: &str) -> Result<(Address, Address), String> {
     let (a, s) = session
         .split_once(':')
@@ -138,4 +153,22 @@ fn parse_session(session: &str) -> Result<(Address, Address), String> {
             .map_err(|e| format!("bad session id {session}: {e}"))
     };
     Ok((parse(a)?, parse(s)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_shows_either_disagreement_and_neither_hides_the_other() {
+        let n = |v: u32| BigUint::from(v);
+        assert_eq!(drift(&n(20), &n(20), &n(20)), BigInt::from(0));
+        assert_eq!(drift(&n(20), &n(25), &n(25)), BigInt::from(5), "a phantom spend");
+        assert_eq!(drift(&n(20), &n(20), &n(18)), BigInt::from(-2), "a lost entry");
+        assert_eq!(
+            drift(&n(20), &n(25), &n(20)),
+            BigInt::from(5),
+            "a wrong total, entries right"
+        );
+    }
 }
