@@ -76,6 +76,11 @@ impl Shared {
         }
     }
 
+    /// Reports a method's answer to the metrics hook.
+    fn hook_response(&self, method: &str, resp: &MethodResponse, start: Instant) {
+        self.hook(method, resp.as_error_code().unwrap_or(0), start.elapsed());
+    }
+
     /// Starts one request. Sync methods (in-memory reads such as `budget_check`)
     /// answer here; async ones (durable writes) come back as a future.
     fn dispatch(self: &Arc<Self>, conn: ConnectionId, text: &str, in_batch: bool) -> Call {
@@ -97,7 +102,7 @@ impl Shared {
                 let method = method.to_owned();
                 return Call::Running(Box::pin(async move {
                     let resp = fut.await;
-                    shared.hook(&method, resp.as_error_code().unwrap_or(0), start.elapsed());
+                    shared.hook_response(&method, &resp, start);
                     resp
                 }));
             }
@@ -106,7 +111,7 @@ impl Shared {
             }
             Some(MethodCallback::Subscription(_)) => return Call::Subscribe,
         };
-        self.hook(method, resp.as_error_code().unwrap_or(0), start.elapsed());
+        self.hook_response(method, &resp, start);
         Call::Done(Some(resp))
     }
 
@@ -202,9 +207,8 @@ impl Connection {
                         let value = used + r.start..used + r.end;
                         used = value.end;
                         match self.handle(&buf[value]).await {
-                            Handled::Now(None) => {}
-                            Handled::Now(Some(a)) => {
-                                if self.out.send(a).await.is_err() {
+                            Handled::Now(a) => {
+                                if !self.answer(a).await {
                                     return;
                                 }
                             }
@@ -263,9 +267,7 @@ impl Connection {
                     // Answers completed together (one group commit) go out together.
                     let mut next = Some(a);
                     while let Some(a) = next {
-                        if let Some(a) = a
-                            && self.out.send(a).await.is_err()
-                        {
+                        if !self.answer(a).await {
                             return;
                         }
                         next = in_flight.next().now_or_never().flatten();
@@ -293,11 +295,17 @@ impl Connection {
     /// Answers what is under way.
     async fn finish(&self, in_flight: &mut FuturesUnordered<Pending>) {
         while let Some(a) = in_flight.next().await {
-            if let Some(a) = a
-                && self.out.send(a).await.is_err()
-            {
+            if !self.answer(a).await {
                 return;
             }
+        }
+    }
+
+    /// Queues an answer, if there is one; false once the writer is gone.
+    async fn answer(&self, a: Option<Box<RawValue>>) -> bool {
+        match a {
+            Some(a) => self.out.send(a).await.is_ok(),
+            None => true,
         }
     }
 
@@ -394,16 +402,11 @@ impl Connection {
                 let sink = MethodSink::new(self.out.clone());
                 let r = cb(id, params, sink, state, Extensions::new()).await;
                 self.subscribed |= r.is_success();
-                self.shared
-                    .hook(req.method_name(), r.as_error_code().unwrap_or(0), start.elapsed());
+                self.shared.hook_response(req.method_name(), &r, start);
                 return None;
             }
         };
-        self.shared.hook(
-            req.method_name(),
-            resp.as_error_code().unwrap_or(0),
-            start.elapsed(),
-        );
+        self.shared.hook_response(req.method_name(), &resp, start);
         Some(resp.into_json())
     }
 }
