@@ -82,6 +82,22 @@ impl ChainSpend {
     }
 }
 
+/// Whether `id` has the form [`ChainSpend::entry_id`] gives: `{chainId}:0x{txHash}:{logIndex}`.
+pub(crate) fn is_onchain_id(id: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = id.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(chain), Some(tx), Some(index), None) => {
+            digits(chain)
+                && digits(index)
+                && tx
+                    .strip_prefix("0x")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        }
+        _ => false,
+    }
+}
+
 /// One `LimitsUpdated` log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -345,7 +345,7 @@ impl Batch<'_, '_> {
             super::state::require_positive(&entry.amount.0)?;
             // Otherwise an agent could take the id of a spend still to come on chain,
             // and that spend could never be posted.
-            if is_onchain_id(&entry.id) {
+            if super::onchain::is_onchain_id(&entry.id) {
                 return Err(Error::ReservedId(entry.id));
             }
         }
@@ -499,22 +499,6 @@ pub fn validate_task_id(task_id: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
-}
-
-/// Whether `id` has the form of an on-chain entry's id: `{chainId}:0x{txHash}:{logIndex}`.
-fn is_onchain_id(id: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let mut parts = id.split(':');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(chain), Some(tx), Some(index), None) => {
-            digits(chain)
-                && digits(index)
-                && tx
-                    .strip_prefix("0x")
-                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        }
-        _ => false,
-    }
 }
 
 /// Two records of one id are the same spend when everything but the timestamp agrees
