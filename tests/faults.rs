@@ -347,37 +347,26 @@ async fn check_books(
 
 /// Every entry of every budget, page by page.
 async fn count_entries(admin: &mut Client) -> u64 {
-    let mut tasks = Vec::new();
-    let mut after = Value::Null;
-    loop {
-        let page = admin
-            .call("budget_list", json!([null, after, 500]))
-            .await
-            .unwrap();
-        for b in page["items"].as_array().unwrap() {
-            tasks.push(b["taskId"].as_str().unwrap().to_owned());
-        }
-        if page["next"].is_null() {
-            break;
-        }
-        after = page["next"].clone();
-    }
     let mut total = 0;
-    for task in tasks {
-        let mut after = Value::Null;
-        loop {
-            let page = admin
-                .call("budget_entries", json!([task, after, 1000]))
-                .await
-                .unwrap();
-            total += page["items"].as_array().unwrap().len() as u64;
-            if page["next"].is_null() {
-                break;
-            }
-            after = page["next"].clone();
-        }
+    for budget in all_items(admin, "budget_list", Value::Null, 500).await {
+        let task = budget["taskId"].clone();
+        total += all_items(admin, "budget_entries", task, 1000).await.len() as u64;
     }
     total
+}
+
+/// Every item of a paged admin method, called as `[first, after, size]`.
+async fn all_items(admin: &mut Client, method: &str, first: Value, size: u64) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let mut page = admin.call(method, json!([first, after, size])).await.unwrap();
+        items.append(page["items"].as_array_mut().unwrap());
+        if page["next"].is_null() {
+            return items;
+        }
+        after = page["next"].take();
+    }
 }
 
 /// Spends from an impersonated account, one transaction at a time, until stopped;
